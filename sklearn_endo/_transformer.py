@@ -1,0 +1,375 @@
+"""LayerFeatureTransformer: pooled features from any layer of a frozen encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from ._encoders import resolve_device, resolve_encoder
+from ._extract import extract, layout_of, offsets, pack
+from ._images import check_images, image_hashes
+from ._store import get_store
+
+__all__ = ["LayerFeatureTransformer"]
+
+POOLINGS = ("mean", "max", "cls", "cls+mean")
+_LAYOUTS = {}  # store namespace -> layout, learnt from the first pass of this process
+
+
+class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
+    """Pooled features from any layer of a frozen timm encoder.
+
+    Which layer to read is an ordinary hyperparameter: put the transformer in a Pipeline
+    in front of a linear probe and let GridSearchCV or Optuna choose ``layer`` on
+    cross-validated log-loss. The encoder is frozen, so every layer of an image is pooled
+    in one forward pass and kept in a feature store keyed by the image's content: the
+    whole sweep over layers, poolings and folds costs one encoder pass per unique image.
+
+    Parameters
+    ----------
+    encoder : str, torch.nn.Module or callable
+        A timm model name (e.g. ``"vit_large_patch16_224"``), a module, or a
+        zero-argument callable returning one. Named encoders are loaded once per process
+        and never copied by ``clone`` or pickled with the estimator; a module passed in is
+        used as it is (eval mode, no gradients, never modified in place).
+    layer : int or list of int, default=-1
+        ``0`` is the embedding (the input of the first block); ``i >= 1`` is the output
+        of block ``i``, so "layer 21 of 24" is ``layer=21``; negative values count from
+        the end (``-1`` is the last block). A list concatenates layers in its order. For
+        ViTs the blocks are the transformer blocks; for CNNs every residual or
+        inverted-residual block in forward order. ``n_layers_`` and ``layer_names_``
+        tell what there is after ``fit``.
+    pooling : {"mean", "cls", "cls+mean", "max"}, default="mean"
+        ``"mean"`` averages the patch tokens without class/register tokens (or the
+        spatial map of a CNN); ``"cls"`` takes the class token (ViTs only);
+        ``"cls+mean"`` concatenates both; ``"max"`` takes the maximum.
+    final_norm : bool, default=False
+        Apply the encoder's final norm (``model.norm`` of ViTs) to the tokens of every
+        layer before pooling, as timm's ``forward_intermediates(norm=True)`` does.
+    pretrained : bool, default=True
+        Load pretrained weights for a named encoder. Offline, with nothing cached, fit
+        raises ``WeightsUnavailableError`` at once, naming the ways out.
+    checkpoint_path : str or None, default=None
+        Local weights (``.safetensors`` or a ``.pth`` state dict) for a named encoder.
+    img_size : int, (int, int) or None, default=None
+        Input size; default the encoder's pretrained config. ViTs created by name
+        interpolate their position embeddings to it.
+    crop_pct : float or None, default=None
+        ``None`` resizes the whole image to the input size (no crop, as the layer-wise
+        study did); a float resizes the shorter side to ``size / crop_pct`` and crops
+        the centre, as timm's evaluation transform does.
+    batch_size : int, default=32
+        Images per forward pass.
+    device : str, default="auto"
+        ``"auto"`` picks cuda, then mps, then cpu.
+    amp : bool, default=True
+        Mixed precision (bfloat16 or float16 autocast) on CUDA; ignored on CPU.
+    num_workers : int or "auto", default="auto"
+        DataLoader workers that decode image files while the encoder runs; ``"auto"``
+        uses up to 4 for file paths and 0 for in-memory images.
+    feature_store : "memory", str path or None, default="memory"
+        ``"memory"``: a process-wide LRU store (``SKLEARN_ENDO_STORE_BYTES`` bounds it,
+        2 GiB by default). A directory path: the same, also written to files that other
+        processes (``n_jobs=2``) read. ``None``: no store; the pass stops after the
+        deepest requested layer.
+    verbose : bool, default=False
+        Show a progress bar while the encoder runs.
+
+    Attributes
+    ----------
+    n_layers_ : int
+        Number of blocks; valid layers are ``0..n_layers_`` and ``-n_layers_..-1``.
+    layer_names_ : list of str
+        Module name of each layer index (``layer_names_[0]`` is the embedding).
+    layers_ : list of int
+        The requested layers as non-negative indices.
+    data_config_ : dict
+        Preprocessing used: ``input_size``, ``mean``, ``std``, ``interpolation``.
+
+    See Also
+    --------
+    sklearn_endo.layer_sweep : Cross-validate a probe on every layer at once.
+
+    Notes
+    -----
+    Numpy images are ``(N, H, W)`` or ``(N, H, W, C)``; ``uint8`` is read as [0, 255],
+    floats must lie in [0, 1]. Grayscale is replicated to RGB. File paths may have any
+    size and are decoded lazily.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_endo import LayerFeatureTransformer
+    >>> X = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    >>> t = LayerFeatureTransformer("resnet18", layer=3, pretrained=False, img_size=32)
+    >>> t.fit_transform(X).shape
+    (4, 128)
+    >>> t.n_layers_, t.layer_names_[3]
+    (8, 'layer2.0')
+    """
+
+    def __init__(self, encoder, layer=-1, *, pooling="mean", final_norm=False,
+                 pretrained=True, checkpoint_path=None, img_size=None, crop_pct=None,
+                 batch_size=32, device="auto", amp=True, num_workers="auto",
+                 feature_store="memory", verbose=False):
+        self.encoder = encoder
+        self.layer = layer
+        self.pooling = pooling
+        self.final_norm = final_norm
+        self.pretrained = pretrained
+        self.checkpoint_path = checkpoint_path
+        self.img_size = img_size
+        self.crop_pct = crop_pct
+        self.batch_size = batch_size
+        self.device = device
+        self.amp = amp
+        self.num_workers = num_workers
+        self.feature_store = feature_store
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ sklearn protocol
+    def __sklearn_clone__(self):
+        # The encoder module (or factory) is frozen and never modified, so clones share
+        # it instead of deep-copying hundreds of MB per GridSearchCV candidate and fold.
+        params = self.get_params(deep=False)
+        shared = params.pop("encoder")
+        params = {k: clone(v, safe=False) for k, v in params.items()}
+        return type(self)(shared, **params)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.requires_fit = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_handle", None)  # weights of named encoders are reloaded, not pickled
+        return state
+
+    # ------------------------------------------------------------ validation
+    def _check_params(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not supported; use one of "
+                             f"{list(POOLINGS)}.")
+        if not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r} must be a positive integer.")
+        if self.crop_pct is not None and not (0 < float(self.crop_pct) <= 1):
+            raise ValueError(f"crop_pct={self.crop_pct!r} must be None or in (0, 1].")
+        if not (self.num_workers == "auto" or (isinstance(self.num_workers, numbers.Integral)
+                                               and self.num_workers >= 0)):
+            raise ValueError(f"num_workers={self.num_workers!r} must be 'auto' or an "
+                             f"integer >= 0.")
+        fs = self.feature_store
+        if not (fs is None or fs == "memory" or isinstance(fs, (str, os.PathLike))):
+            raise ValueError(f"feature_store={fs!r} must be 'memory', a directory path or "
+                             f"None.")
+        resolve_device(self.device)
+
+    def _normalize_layers(self, n_layers, layer=None):
+        layer = self.layer if layer is None else layer
+        many = isinstance(layer, (list, tuple, np.ndarray))
+        items = list(layer) if many else [layer]
+        if not items:
+            raise ValueError("layer=[] selects nothing; pass an int or a non-empty list.")
+        out = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+                raise TypeError(f"layer={layer!r}: layers are integers (0 = embedding, "
+                                f"i = block i, -1 = last block); got {item!r}.")
+            item = int(item)
+            if not -n_layers <= item <= n_layers:
+                raise ValueError(
+                    f"layer={item} is out of range for this encoder with {n_layers} blocks: "
+                    f"valid layers are 0 (embedding) to {n_layers}, or -{n_layers} to -1 "
+                    f"counting from the end."
+                )
+            out.append(item if item >= 0 else n_layers + 1 + item)
+        return out
+
+    def _get_handle(self):
+        handle = getattr(self, "_handle", None)
+        if handle is None:
+            handle = resolve_encoder(self.encoder, pretrained=self.pretrained,
+                                     checkpoint_path=self.checkpoint_path,
+                                     img_size=self.img_size, device=self.device)
+            self._handle = handle
+        return handle
+
+    # ------------------------------------------------------------ fit / transform
+    def fit(self, X, y=None):
+        """Load the encoder and check ``layer`` and ``pooling`` against it.
+
+        The encoder does not run here: features are computed (or looked up) by
+        ``transform``.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Checked for type, shape and values; not decoded.
+        y : ignored
+
+        Returns
+        -------
+        self : LayerFeatureTransformer
+        """
+        self._check_params()
+        check_images(X)
+        if y is not None and len(y) != len(X):
+            raise ValueError(f"y has {len(y)} entries but X has {len(X)} images; they "
+                             f"must match.")
+        self._handle = None
+        handle = self._get_handle()
+        if self.final_norm and handle.final_norm is None:
+            raise ValueError(f"final_norm=True, but encoder {handle.name!r} has no final "
+                             f"norm; use final_norm=False.")
+        if "cls" in self.pooling and handle.num_prefix_tokens == 0:
+            raise ValueError(f"pooling={self.pooling!r} needs a class token, which encoder "
+                             f"{handle.name!r} does not have; use pooling='mean' or 'max'.")
+        self.n_layers_ = handle.n_layers
+        self.layer_names_ = handle.layer_names
+        self.layers_ = self._normalize_layers(handle.n_layers)
+        self.data_config_ = dict(handle.data_config)
+        return self
+
+    def transform(self, X):
+        """Pooled features of ``layer`` (concatenated for a list of layers).
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), float32
+        """
+        check_is_fitted(self)
+        feats = self._features(X, self.layers_)
+        return np.concatenate([feats[la] for la in self.layers_], axis=1)
+
+    def layer_features(self, X, layers=None):
+        """Features of several layers from one encoder pass (or store lookups).
+
+        Parameters
+        ----------
+        X : array-like of images
+        layers : list of int or None, default=None
+            Layers to return (negative allowed); ``None`` returns every layer.
+
+        Returns
+        -------
+        features : dict of int -> ndarray of shape (n_samples, dim)
+            Keyed by non-negative layer index, pooled with ``pooling``.
+        """
+        check_is_fitted(self)
+        if layers is None:
+            wanted = list(range(self.n_layers_ + 1))
+        else:
+            wanted = self._normalize_layers(self.n_layers_, list(layers))
+        return self._features(X, wanted)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names like ``layer21_mean_0``, one per output column."""
+        check_is_fitted(self)
+        handle = self._get_handle()
+        layout = _LAYOUTS.get(self._namespace(handle)) or self._probe_layout(handle)
+        dims = {(la, p): d for la, p, d in layout}
+        names = []
+        for la in self.layers_:
+            for p in self.pooling.split("+"):
+                names += [f"layer{la}_{p}_{j}" for j in range(dims[(la, p)])]
+        return np.asarray(names, dtype=object)
+
+    # ------------------------------------------------------------ internals
+    def _namespace(self, handle):
+        spec = {"weights": handle.fingerprint, "blocks": handle.layer_names,
+                "data": handle.data_config, "crop_pct": self.crop_pct,
+                "final_norm": bool(self.final_norm), "v": 1}
+        return hashlib.blake2b(json.dumps(spec, sort_keys=True, default=str).encode(),
+                               digest_size=16).hexdigest()
+
+    def _extract(self, handle, images, indices, layers, stop_early):
+        return extract(handle, images, indices, layers=layers, final_norm=self.final_norm,
+                       stop_early=stop_early, batch_size=self.batch_size, amp=self.amp,
+                       num_workers=self.num_workers, crop_pct=self.crop_pct,
+                       verbose=self.verbose)
+
+    def _probe_layout(self, handle):
+        size = handle.data_config["input_size"]
+        probe = check_images(np.zeros((1, *size, 3), dtype=np.uint8))
+        feats = self._extract(handle, probe, [0], range(handle.n_layers + 1), False)
+        return _LAYOUTS.setdefault(self._namespace(handle), layout_of(feats))
+
+    def _features(self, X, layers):
+        images = check_images(X)
+        handle = self._get_handle()
+        poolings = self.pooling.split("+")
+        if self.feature_store is None:
+            feats = self._extract(handle, images, range(len(images)), layers, True)
+            return {la: _concat(feats, la, poolings) for la in layers}
+
+        store = get_store(self.feature_store)
+        ns = self._namespace(handle)
+        layout = _LAYOUTS.get(ns) or _read_layout(store, ns)
+        keys = image_hashes(images)
+        rows = store.get(ns, keys, offsets(layout)[1]) if layout else [None] * len(keys)
+        todo = {}
+        for i, (key, row) in enumerate(zip(keys, rows)):
+            if row is None:
+                todo.setdefault(key, i)  # duplicates of one image are computed once
+        if todo:
+            feats = self._extract(handle, images, list(todo.values()),
+                                  range(handle.n_layers + 1), False)
+            if layout is None:
+                layout = _LAYOUTS.setdefault(ns, layout_of(feats))
+                _write_layout(store, ns, layout)
+            packed = pack(feats, layout)
+            store.put(ns, list(todo), packed)
+            fresh = dict(zip(todo, packed))
+            rows = [fresh[k] if r is None else r for k, r in zip(keys, rows)]
+        _LAYOUTS.setdefault(ns, layout)
+        table = np.stack(rows)
+        spans, _ = offsets(layout)
+        return {la: np.concatenate([table[:, slice(*spans[(la, p)])] for p in poolings],
+                                   axis=1) for la in layers}
+
+
+def _concat(feats, layer, poolings):
+    return np.concatenate([feats[(layer, p)] for p in poolings], axis=1)
+
+
+def _layout_path(store, ns):
+    return os.path.join(store.directory, ns, "layout.json")
+
+
+def _read_layout(store, ns):
+    if store.directory is None:
+        return None
+    try:
+        with open(_layout_path(store, ns)) as f:
+            layout = [tuple(item) for item in json.load(f)]
+    except (OSError, ValueError):
+        return None
+    return _LAYOUTS.setdefault(ns, layout)
+
+
+def _write_layout(store, ns, layout):
+    if store.directory is None:
+        return
+    import tempfile
+
+    folder = os.path.join(store.directory, ns)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump([list(item) for item in layout], f)
+    os.replace(tmp, _layout_path(store, ns))

@@ -1,0 +1,39 @@
+"""Evaluation metrics: clinical classification metrics, Dice, and representation CKA.
+
+Clinical metrics (:func:`sensitivity_score`, :func:`specificity_score`,
+:func:`accuracy_ci`, :func:`quadratic_weighted_kappa`, :func:`classification_summary`)
+follow :mod:`sklearn.metrics` conventions and plug into model selection through the
+scorers. :func:`linear_cka` and friends compare representations of two layers or
+encoders on the same images.
+"""
+
+from ._cka import cka_matrix, linear_cka, minibatch_cka, rbf_cka
+from ._clinical import (
+    AccuracyCI,
+    accuracy_ci,
+    classification_summary,
+    quadratic_weighted_kappa,
+    sensitivity_score,
+    specificity_score,
+    wilson_interval,
+)
+from ._dice import dice_score
+from ._scorer import get_scorers, sensitivity_scorer, specificity_scorer
+
+__all__ = [
+    "AccuracyCI",
+    "accuracy_ci",
+    "cka_matrix",
+    "classification_summary",
+    "dice_score",
+    "get_scorers",
+    "linear_cka",
+    "minibatch_cka",
+    "quadratic_weighted_kappa",
+    "rbf_cka",
+    "sensitivity_score",
+    "sensitivity_scorer",
+    "specificity_score",
+    "specificity_scorer",
+    "wilson_interval",
+]
