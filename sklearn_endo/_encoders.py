@@ -426,7 +426,14 @@ def load_checkpoint(module, path):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1:2]
+        raise ValueError(
+            f"checkpoint_path={path!r} does not fit the encoder: {first[0] if first else exc}. "
+            f"Check that the file belongs to this model name."
+        ) from None
     missing = [k for k in result.missing_keys if "num_batches_tracked" not in k]
     if missing:
         raise ValueError(

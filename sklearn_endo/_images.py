@@ -275,7 +275,10 @@ def load_image(images, i):
 
 def to_chw_float(arr):
     """(H, W[, C]) array (uint8 or float in [0, 1]) -> float32 tensor (3, H, W)."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # np.asarray(PIL image) is read-only
+        arr = arr.copy()
+    t = torch.from_numpy(arr)
     if t.ndim == 2:
         t = t[:, :, None]
     t = t.permute(2, 0, 1)

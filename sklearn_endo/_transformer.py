@@ -91,6 +91,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         The requested layers as non-negative indices.
     data_config_ : dict
         Preprocessing used: ``input_size``, ``mean``, ``std``, ``interpolation``.
+    encoder_ : torch.nn.Module
+        The frozen encoder in use (a property: reloaded lazily after unpickling).
 
     See Also
     --------
@@ -204,6 +206,12 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                                      img_size=self.img_size, device=self.device)
             self._handle = handle
         return handle
+
+    @property
+    def encoder_(self):
+        """The frozen ``torch.nn.Module`` in use (loaded lazily after unpickling)."""
+        check_is_fitted(self)
+        return self._get_handle().module
 
     # ------------------------------------------------------------ fit / transform
     def fit(self, X, y=None):

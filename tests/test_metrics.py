@@ -148,11 +148,11 @@ def test_wilson_interval_vectorised_and_bounds():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(successes=11, n=10), "0 <= successes <= n"),
-        (dict(successes=-1, n=10), "0 <= successes <= n"),
-        (dict(successes=0, n=0), "n must be positive"),
-        (dict(successes=1, n=2, confidence=95), "confidence must be"),
-        (dict(successes=np.nan, n=2), "finite"),
+        ({"successes": 11, "n": 10}, "0 <= successes <= n"),
+        ({"successes": -1, "n": 10}, "0 <= successes <= n"),
+        ({"successes": 0, "n": 0}, "n must be positive"),
+        ({"successes": 1, "n": 2, "confidence": 95}, "confidence must be"),
+        ({"successes": np.nan, "n": 2}, "finite"),
     ],
 )
 def test_wilson_interval_bad_input(kwargs, match):
@@ -304,7 +304,7 @@ def test_scorers_in_grid_search_and_cross_validate():
     result = cross_validate(
         LogisticRegression(), X, y, cv=cv, scoring=scoring, return_estimator=True
     )
-    train, test = next(cv.split(X, y))
+    _train, test = next(cv.split(X, y))
     y_pred = result["estimator"][0].predict(X[test])
     assert result["test_sens"][0] == pytest.approx(recall_score(y[test], y_pred))
     assert result["test_spec"][0] == pytest.approx(specificity_score(y[test], y_pred))

@@ -626,9 +626,9 @@ def classification_summary(
             raise ValueError(
                 f"pos_label={pos_label!r} is not one of labels={list(labels)}."
             )
-        rates = dict(pos_label=pos_label, average="binary")
+        rates = {"pos_label": pos_label, "average": "binary"}
     else:
-        rates = dict(average="macro", labels=labels)
+        rates = {"average": "macro", "labels": labels}
 
     acc = accuracy_ci(y_true, y_pred, confidence=confidence)
     summary = Bunch(

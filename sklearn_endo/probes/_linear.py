@@ -94,13 +94,14 @@ def _train_heads(Xs, y_enc, n_classes, *, lr, max_epochs, batch_size, weight_dec
     dims = [X.shape[1] for X in Xs]
     d_max = max(dims)
 
-    feats = torch.zeros(n_heads, n_samples, d_max, dtype=torch.float32)
+    # (n_samples, n_heads, d_max): a minibatch is a gather of contiguous rows
+    feats = torch.zeros(n_samples, n_heads, d_max, dtype=torch.float32)
     # (n_heads, n_classes, d_max): nn.Linear's layout, so the weight gradient is a
     # plain bmm of contiguous operands
     weight = torch.zeros(n_heads, n_classes, d_max, dtype=torch.float32)
     bias = torch.zeros(n_heads, n_classes, dtype=torch.float32)
     for h, X in enumerate(Xs):
-        feats[h, :, : dims[h]] = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        feats[:, h, : dims[h]] = torch.as_tensor(np.asarray(X, dtype=np.float32))
         w, b = _init_head(dims[h], n_classes, init_seed)
         weight[h, :, : dims[h]] = w
         bias[h] = b
@@ -114,13 +115,12 @@ def _train_heads(Xs, y_enc, n_classes, *, lr, max_epochs, batch_size, weight_dec
     minus_one = torch.full((n_heads, min(batch_size, n_samples), 1), -1.0, device=device)
     for epoch in range(max_epochs):
         order = torch.randperm(n_samples, generator=shuffle_gen).to(device)
-        # one gather per epoch; each minibatch is then a strided view, not a copy
-        shuffled, shuffled_target = feats[:, order], target[order]
         total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n_samples, batch_size):
-            x = shuffled[:, start : start + batch_size]
-            b = x.shape[1]
-            t = shuffled_target[start : start + batch_size].expand(n_heads, -1).unsqueeze(-1)
+            idx = order[start : start + batch_size]
+            x = feats[idx].transpose(0, 1)
+            b = len(idx)
+            t = target[idx].expand(n_heads, -1).unsqueeze(-1)
             logits = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
             # loss = sum over heads of the per-head mean cross-entropy. Its gradient is
             # written out, (softmax - onehot) / batch: autograd's bmm backward on CPU

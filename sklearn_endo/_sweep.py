@@ -1,0 +1,396 @@
+"""Cross-validated probe sweep over the layers of a frozen encoder.
+
+The encoder is frozen, so the pooled features of every layer depend only on the image:
+:func:`layer_sweep` runs the encoder once over X for all requested layers (through
+``LayerFeatureTransformer.layer_features``), then cross-validates a probe on each
+layer's features. :func:`layer_sweep_from_features` does the second half on features
+the user already has.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import clone, is_classifier
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+)
+from sklearn.model_selection import check_cv
+from sklearn.utils.multiclass import check_classification_targets
+
+from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
+
+__all__ = ["LayerSweepResult", "layer_sweep", "layer_sweep_from_features"]
+
+DEFAULT_METRICS = (
+    "accuracy",
+    "f1_macro",
+    "precision_macro",
+    "recall_macro",
+    "balanced_accuracy",
+    "log_loss",
+)
+
+_PROBES = ("linear", "batched-linear", "knn", "logistic")
+
+
+def _metric_functions():
+    def clip(p):
+        return np.clip(p, 1e-15, 1.0)
+
+    return {
+        "accuracy": lambda y, pred, proba, labels: accuracy_score(y, pred),
+        "f1_macro": lambda y, pred, proba, labels: f1_score(
+            y, pred, labels=labels, average="macro", zero_division=0),
+        "precision_macro": lambda y, pred, proba, labels: precision_score(
+            y, pred, labels=labels, average="macro", zero_division=0),
+        "recall_macro": lambda y, pred, proba, labels: recall_score(
+            y, pred, labels=labels, average="macro", zero_division=0),
+        "balanced_accuracy": lambda y, pred, proba, labels: balanced_accuracy_score(y, pred),
+        "log_loss": lambda y, pred, proba, labels: log_loss(y, clip(proba), labels=labels),
+    }
+
+
+def _resolve_scoring(scoring):
+    known = _metric_functions()
+    if scoring is None:
+        return {name: known[name] for name in DEFAULT_METRICS}
+    if isinstance(scoring, str):
+        scoring = [scoring]
+    if isinstance(scoring, dict):
+        for name, fn in scoring.items():
+            if not callable(fn):
+                raise TypeError(
+                    f"scoring[{name!r}] must be a callable f(y_true, y_pred, y_proba, labels)."
+                )
+        return dict(scoring)
+    out = {}
+    for name in scoring:
+        if name not in known:
+            raise ValueError(
+                f"Unknown metric {name!r} in scoring; use names from {DEFAULT_METRICS} or a "
+                "dict {name: f(y_true, y_pred, y_proba, labels)}."
+            )
+        out[name] = known[name]
+    return out
+
+
+class LayerSweepResult:
+    """Per-layer cross-validated scores of a probe sweep.
+
+    Attributes
+    ----------
+    layers : list of int
+        Layer indices, in sweep order.
+    variants : list of dict
+        Probe settings evaluated at every layer; ``[{}]`` for one probe, or e.g.
+        ``[{"n_neighbors": 10}, {"n_neighbors": 20}]`` for a k-NN probe with several k.
+    scores : dict of str -> ndarray of shape (n_variants, n_layers, n_splits)
+        Test-fold score of every metric.
+    best_layer_ : int
+        The layer with the lowest mean CV log-loss (the argmin of validation
+        cross-entropy used by the layer-wise study); the highest mean of the first
+        metric when log-loss was not computed.
+    best_variant_ : dict
+        The probe setting at the best layer.
+    extraction_seconds_ : float
+        Time spent in the encoder (0 for precomputed features).
+    probe_seconds_ : float
+        Time spent fitting and scoring probes over all layers and folds.
+    n_splits_ : int
+    probe_name : str
+    """
+
+    def __init__(self, layers, variants, scores, *, probe_name, extraction_seconds,
+                 probe_seconds):
+        self.layers = list(layers)
+        self.variants = list(variants)
+        self.scores = scores
+        self.probe_name = probe_name
+        self.extraction_seconds_ = float(extraction_seconds)
+        self.probe_seconds_ = float(probe_seconds)
+        self.n_splits_ = next(iter(scores.values())).shape[-1]
+        if "log_loss" in scores:
+            key, reduce = "log_loss", np.nanargmin
+        else:
+            key, reduce = next(iter(scores)), np.nanargmax
+        flat = reduce(scores[key].mean(axis=-1))
+        v, layer = np.unravel_index(flat, scores[key].shape[:2])
+        self.best_layer_ = self.layers[layer]
+        self.best_variant_ = dict(self.variants[v])
+        self.best_metric_ = key
+
+    @property
+    def metrics(self):
+        return list(self.scores)
+
+    def mean(self, metric, variant=0):
+        """Mean over folds, shape (n_layers,)."""
+        return self._get(metric)[variant].mean(axis=-1)
+
+    def std(self, metric, variant=0):
+        """Standard deviation over folds, shape (n_layers,)."""
+        return self._get(metric)[variant].std(axis=-1)
+
+    def _get(self, metric):
+        if metric not in self.scores:
+            raise ValueError(f"metric={metric!r} was not computed; choose from {self.metrics}.")
+        return self.scores[metric]
+
+    def to_dict(self):
+        """Columns ``layer``, variant keys, and ``<metric>_mean`` / ``<metric>_std``."""
+        cols = {"layer": []}
+        variant_keys = sorted({k for v in self.variants for k in v})
+        for k in variant_keys:
+            cols[k] = []
+        for m in self.scores:
+            cols[f"{m}_mean"] = []
+            cols[f"{m}_std"] = []
+        for vi, variant in enumerate(self.variants):
+            cols["layer"].extend(self.layers)
+            for k in variant_keys:
+                cols[k].extend([variant.get(k)] * len(self.layers))
+            for m in self.scores:
+                cols[f"{m}_mean"].extend(self.mean(m, vi).tolist())
+                cols[f"{m}_std"].extend(self.std(m, vi).tolist())
+        return {k: np.asarray(v) for k, v in cols.items()}
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per (variant, layer)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError(
+                "LayerSweepResult.to_frame requires pandas (pip install pandas); "
+                "use .to_dict() for a dict of numpy arrays."
+            ) from exc
+        return pd.DataFrame(self.to_dict())
+
+    def plot(self, metric="accuracy", *, variant=0, ax=None, **kwargs):
+        """Draw the layer curve of ``metric``; returns a LayerCurveDisplay."""
+        from .plotting import LayerCurveDisplay
+
+        return LayerCurveDisplay.from_sweep(self, metric=metric, variant=variant, ax=ax,
+                                            **kwargs)
+
+    def __repr__(self):
+        return (
+            f"LayerSweepResult(probe={self.probe_name!r}, layers={len(self.layers)}, "
+            f"variants={len(self.variants)}, n_splits={self.n_splits_}, "
+            f"best_layer_={self.best_layer_})"
+        )
+
+
+def _align_proba(proba, fold_classes, classes):
+    """Place a probe's columns (classes seen in the training fold) in the global order."""
+    if len(fold_classes) == len(classes):
+        return proba
+    full = np.zeros((proba.shape[0], len(classes)))
+    full[:, np.searchsorted(classes, fold_classes)] = proba
+    return full
+
+
+def _make_probe(probe, probe_params, random_state):
+    """Return (kind, estimator) where kind picks the fast path for string probes."""
+    params = dict(probe_params or {})
+    if isinstance(probe, str):
+        if probe not in _PROBES:
+            raise ValueError(f"probe={probe!r} is unknown; use one of {_PROBES} or an "
+                             "sklearn classifier instance.")
+        if probe == "knn":
+            ks = params.pop("n_neighbors", 20)
+            est = KNNProbeClassifier(**params)
+            return "knn", (est, [int(k) for k in np.atleast_1d(ks)])
+        if probe == "logistic":
+            from sklearn.linear_model import LogisticRegression
+
+            params.setdefault("max_iter", 1000)
+            est = LogisticRegression(**params)
+        elif probe == "linear":
+            est = LinearProbeClassifier(**params)
+        else:
+            params.setdefault("random_state", random_state)
+            return "batched", MultiLayerLinearProbe(**params)
+        if "random_state" in est.get_params() and "random_state" not in params:
+            est.set_params(random_state=random_state)
+        return "each", est
+    if probe_params:
+        raise ValueError("probe_params only applies to string probes; set the parameters on "
+                         "the estimator you pass as probe.")
+    if not (hasattr(probe, "fit") and hasattr(probe, "predict")):
+        raise TypeError(f"probe={probe!r} is neither a probe name {_PROBES} nor an estimator "
+                        "with fit/predict.")
+    if not is_classifier(probe):
+        warnings.warn(f"probe {type(probe).__name__} is not tagged as a classifier.",
+                      UserWarning, stacklevel=3)
+    est = clone(probe)
+    if random_state is not None and "random_state" in est.get_params():
+        est.set_params(random_state=random_state)
+    return "each", est
+
+
+def _predict_proba(est, X):
+    if hasattr(est, "predict_proba"):
+        return est.predict_proba(X)
+    # hard votes as probabilities, so log-loss is still defined (and harsh)
+    pred = est.predict(X)
+    return (pred[:, None] == est.classes_[None, :]).astype(float)
+
+
+def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_params=None,
+                              cv=5, groups=None, scoring=None, random_state=None,
+                              verbose=False):
+    """Cross-validate a probe on precomputed per-layer features.
+
+    Parameters
+    ----------
+    features : dict of int -> ndarray of shape (n_samples, n_features_layer)
+        Pooled features of each layer (e.g. ``LayerFeatureTransformer.layer_features``).
+    y : array-like of shape (n_samples,)
+    probe, probe_params, cv, groups, scoring, random_state, verbose
+        See :func:`layer_sweep`.
+
+    Returns
+    -------
+    LayerSweepResult
+    """
+    if not isinstance(features, dict) or not features:
+        raise TypeError("features must be a non-empty dict {layer: array (n_samples, dim)}; "
+                        f"got {type(features).__name__}.")
+    layers = list(features)
+    arrays = [np.asarray(features[layer]) for layer in layers]
+    y = np.asarray(y)
+    for layer, a in zip(layers, arrays):
+        if a.ndim != 2 or a.shape[0] != y.shape[0]:
+            raise ValueError(f"features[{layer!r}] has shape {a.shape}; expected "
+                             f"({y.shape[0]}, n_features) to match y.")
+    check_classification_targets(y)
+    classes = np.unique(y)
+    metric_fns = _resolve_scoring(scoring)
+    kind, est = _make_probe(probe, probe_params, random_state)
+    splitter = check_cv(cv, y, classifier=True)
+    splits = list(splitter.split(arrays[0], y, groups))
+    variants = [{"n_neighbors": k} for k in est[1]] if kind == "knn" else [{}]
+    scores = {m: np.full((len(variants), len(layers), len(splits)), np.nan) for m in metric_fns}
+
+    def record(vi, li, fi, y_true, proba, fold_classes):
+        proba = _align_proba(proba, fold_classes, classes)
+        pred = classes[np.argmax(proba, axis=1)]
+        for m, fn in metric_fns.items():
+            scores[m][vi, li, fi] = fn(y_true, pred, proba, classes)
+
+    start = time.perf_counter()
+    for fi, (train, test) in enumerate(splits):
+        if kind == "batched":
+            fitted = clone(est).fit([a[train] for a in arrays], y[train])
+            for li, proba in enumerate(fitted.predict_proba([a[test] for a in arrays])):
+                record(0, li, fi, y[test], proba, fitted.classes_)
+        else:
+            for li, a in enumerate(arrays):
+                if kind == "knn":
+                    knn, ks = est
+                    fitted = clone(knn).fit(a[train], y[train])
+                    for vi, proba in enumerate(fitted.predict_proba_for_k(a[test], ks).values()):
+                        record(vi, li, fi, y[test], proba, fitted.classes_)
+                else:
+                    fitted = clone(est).fit(a[train], y[train])
+                    record(0, li, fi, y[test], _predict_proba(fitted, a[test]),
+                           fitted.classes_)
+        if verbose:
+            print(f"[layer_sweep] fold {fi + 1}/{len(splits)} done "
+                  f"({time.perf_counter() - start:.1f}s)")
+    probe_seconds = time.perf_counter() - start
+    name = probe if isinstance(probe, str) else type(probe).__name__
+    return LayerSweepResult(layers, variants, scores, probe_name=name,
+                            extraction_seconds=0.0, probe_seconds=probe_seconds)
+
+
+def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_params=None,
+                cv=5, groups=None, scoring=None, random_state=None, verbose=False,
+                **transformer_params):
+    """Cross-validate a probe on every layer of a frozen encoder, from one encoder pass.
+
+    The encoder runs once over ``X`` and returns the pooled features of all requested
+    layers; each layer is then cross-validated on those stored features (the encoder is
+    frozen, so a layer's features do not depend on the fold).
+
+    Parameters
+    ----------
+    X : array-like of images
+        Anything ``LayerFeatureTransformer`` accepts (uint8 arrays (N, H, W, C), paths,
+        PIL images).
+    y : array-like of shape (n_samples,)
+        Class labels (any type).
+    encoder : str, torch.nn.Module, callable or LayerFeatureTransformer
+        A timm name / module / factory (a ``LayerFeatureTransformer`` is built from it
+        and ``transformer_params``), or a ``LayerFeatureTransformer`` (fitted or not).
+    layers : list of int or None, default=None
+        Layers to sweep (negative from the end); None sweeps all, 0..n_layers_.
+    probe : {"batched-linear", "linear", "knn", "logistic"} or classifier, default="batched-linear"
+        ``"batched-linear"`` trains the linear probes of all layers at once
+        (:class:`~sklearn_endo.probes.MultiLayerLinearProbe`, same results as
+        ``"linear"``, one :class:`~sklearn_endo.probes.LinearProbeClassifier` per
+        layer); ``"knn"`` is :class:`~sklearn_endo.probes.KNNProbeClassifier`, with
+        ``probe_params={"n_neighbors": [10, 20, 50]}`` evaluating several k from one
+        neighbour search; ``"logistic"`` is sklearn's LogisticRegression; any sklearn
+        classifier is cloned per layer and fold.
+    probe_params : dict, optional
+        Parameters of a string probe, e.g. ``{"lr": 1e-3, "standardize": True}``.
+    cv : int, CV splitter or iterable, default=5
+        As in ``cross_validate``; an int means ``StratifiedKFold(cv)``. Use a group
+        splitter with ``groups`` to keep a patient's images in one fold.
+    groups : array-like, optional
+    scoring : None, list of str or dict, default=None
+        None computes accuracy, macro-F1, macro precision, macro recall, balanced
+        accuracy and log-loss; a list picks from those; a dict maps names to
+        ``f(y_true, y_pred, y_proba, labels)``.
+    random_state : int or None
+        Seeds the probe (its ``random_state`` parameter when it has one).
+    verbose : bool, default=False
+    **transformer_params
+        Passed to ``LayerFeatureTransformer`` when ``encoder`` is not one already
+        (e.g. ``pooling="cls"``, ``pretrained=False``, ``batch_size=64``).
+
+    Returns
+    -------
+    LayerSweepResult
+        Per-layer mean and std of every metric, ``best_layer_`` (argmin of the mean CV
+        log-loss), ``extraction_seconds_`` and ``probe_seconds_``.
+
+    Examples
+    --------
+    >>> from sklearn_endo import layer_sweep  # doctest: +SKIP
+    >>> res = layer_sweep(X, y, "vit_small_patch16_224", cv=5)  # doctest: +SKIP
+    >>> res.best_layer_, res.to_frame()  # doctest: +SKIP
+    """
+    y_arr = np.asarray(y)
+    if hasattr(encoder, "layer_features"):
+        if transformer_params:
+            encoder = clone(encoder).set_params(**transformer_params)
+        transformer = encoder
+    else:
+        from ._transformer import LayerFeatureTransformer
+
+        transformer = LayerFeatureTransformer(encoder, **transformer_params)
+    start = time.perf_counter()
+    if not hasattr(transformer, "n_layers_"):
+        transformer.fit(X)
+    if layers is not None and not isinstance(layers, (list, tuple, range, np.ndarray)):
+        layers = [layers]
+    features = transformer.layer_features(X, layers=None if layers is None else list(layers))
+    extraction_seconds = time.perf_counter() - start
+    if verbose:
+        print(f"[layer_sweep] extracted {len(features)} layers in {extraction_seconds:.1f}s")
+    result = layer_sweep_from_features(
+        features, y_arr, probe=probe, probe_params=probe_params, cv=cv, groups=groups,
+        scoring=scoring, random_state=random_state, verbose=verbose)
+    result.extraction_seconds_ = extraction_seconds
+    result.layer_names = getattr(transformer, "layer_names_", None)
+    return result

@@ -1,0 +1,215 @@
+"""Score of a probe against the layer it reads: the "peak before the end" curve."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+__all__ = ["LayerCurveDisplay"]
+
+
+def _check_matplotlib_support(caller_name):
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"{caller_name} requires matplotlib. Install it with `pip install matplotlib` "
+            "(or `pip install sklearn-endo[plot]`)."
+        ) from exc
+
+
+def _get_ax(ax):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots()
+    return ax, ax.figure
+
+
+def _pretty_metric(name):
+    labels = {
+        "accuracy": "Accuracy",
+        "f1_macro": "Macro F1",
+        "precision_macro": "Macro precision",
+        "recall_macro": "Macro recall",
+        "balanced_accuracy": "Balanced accuracy",
+        "log_loss": "Log-loss",
+        "neg_log_loss": "Log-loss",
+        "score": "Score",
+    }
+    return labels.get(name, name.replace("_", " "))
+
+
+class LayerCurveDisplay:
+    """Cross-validated score per layer, with a +/- one standard deviation band.
+
+    Create it with :meth:`from_sweep` (a :class:`~sklearn_endo.LayerSweepResult`) or
+    :meth:`from_cv_results` (a fitted ``GridSearchCV`` over the layer), or directly
+    from arrays, then call :meth:`plot`.
+
+    Parameters
+    ----------
+    layers : array-like of int
+    scores_mean : array-like of float, same length as ``layers``
+    scores_std : array-like of float or None
+    metric_name : str, default="score"
+        Name on the y-axis (``"accuracy"``, ``"log_loss"``, ...).
+    best_layer : int or None
+        Marked with a vertical dashed line.
+    label : str or None
+        Legend label of the curve.
+
+    Attributes
+    ----------
+    line_ : matplotlib Line2D
+    band_ : matplotlib PolyCollection or None
+    best_line_ : matplotlib Line2D or None
+    ax_ : matplotlib Axes
+    figure_ : matplotlib Figure
+
+    Examples
+    --------
+    >>> from sklearn_endo.plotting import LayerCurveDisplay
+    >>> disp = LayerCurveDisplay([0, 1, 2], [0.5, 0.8, 0.7], [0.05, 0.02, 0.04],
+    ...                          "accuracy", best_layer=1)
+    >>> disp = disp.plot()  # doctest: +SKIP
+    """
+
+    def __init__(self, layers, scores_mean, scores_std=None, metric_name="score",
+                 best_layer=None, label=None):
+        self.layers = np.asarray(layers)
+        self.scores_mean = np.asarray(scores_mean, dtype=float)
+        self.scores_std = None if scores_std is None else np.asarray(scores_std, dtype=float)
+        self.metric_name = metric_name
+        self.best_layer = best_layer
+        self.label = label
+        if self.layers.shape != self.scores_mean.shape or self.layers.ndim != 1:
+            raise ValueError(
+                f"layers (shape {self.layers.shape}) and scores_mean (shape "
+                f"{self.scores_mean.shape}) must be 1-d and of the same length."
+            )
+        if self.scores_std is not None and self.scores_std.shape != self.scores_mean.shape:
+            raise ValueError(f"scores_std has shape {self.scores_std.shape}; expected "
+                             f"{self.scores_mean.shape} like scores_mean.")
+
+    def plot(self, ax=None, *, show_best=True, line_kw=None, band_kw=None):
+        """Draw the curve on ``ax`` (a new figure when None); returns self."""
+        _check_matplotlib_support(f"{type(self).__name__}.plot")
+        ax, fig = _get_ax(ax)
+        order = np.argsort(self.layers, kind="stable")
+        x, m = self.layers[order], self.scores_mean[order]
+        line_kw = {"marker": "o", "label": self.label, **(line_kw or {})}
+        (self.line_,) = ax.plot(x, m, **line_kw)
+        self.band_ = None
+        if self.scores_std is not None:
+            s = self.scores_std[order]
+            band_kw = {"alpha": 0.2, "color": self.line_.get_color(), **(band_kw or {})}
+            self.band_ = ax.fill_between(x, m - s, m + s, **band_kw)
+        self.best_line_ = None
+        if show_best and self.best_layer is not None:
+            self.best_line_ = ax.axvline(self.best_layer, linestyle="--", color="0.4",
+                                         label=f"best layer ({self.best_layer})")
+        ax.set_xlabel("Layer")
+        ax.set_ylabel(_pretty_metric(self.metric_name))
+        if self.label is not None or self.best_line_ is not None:
+            ax.legend(loc="best")
+        self.ax_, self.figure_ = ax, fig
+        return self
+
+    @classmethod
+    def from_sweep(cls, result, metric="accuracy", *, variant=0, ax=None, **plot_kw):
+        """Draw the curve of ``metric`` from a :class:`~sklearn_endo.LayerSweepResult`.
+
+        ``variant`` picks the probe setting (e.g. the k of a k-NN sweep); ``plot_kw`` go
+        to :meth:`plot`.
+        """
+        _check_matplotlib_support(f"{cls.__name__}.from_sweep")
+        if not hasattr(result, "scores") or not hasattr(result, "layers"):
+            raise TypeError(f"result must be a LayerSweepResult; got {type(result).__name__}.")
+        label = None
+        if result.variants[variant]:
+            label = ", ".join(f"{k}={v}" for k, v in result.variants[variant].items())
+        disp = cls(result.layers, result.mean(metric, variant), result.std(metric, variant),
+                   metric, best_layer=result.best_layer_, label=label)
+        return disp.plot(ax=ax, **plot_kw)
+
+    @classmethod
+    def from_cv_results(cls, cv_results, *, param=None, metric="mean_test_score",
+                        n_layers=None, best="auto", ax=None, **plot_kw):
+        """Draw the curve from a fitted ``GridSearchCV.cv_results_`` over the layer.
+
+        Parameters
+        ----------
+        cv_results : dict
+            ``search.cv_results_``.
+        param : str or None
+            The layer parameter, e.g. ``"layer"`` or ``"layerfeaturetransformer__layer"``;
+            None finds the single parameter whose name ends in ``layer``. When the grid
+            has other parameters, each layer shows its best candidate.
+        metric : str, default="mean_test_score"
+            ``"mean_test_<name>"`` column; the matching ``std_test_<name>`` gives the
+            band. Scores of ``neg_*`` scorers (e.g. ``neg_log_loss``) are negated back
+            and drawn as losses.
+        n_layers : int or None
+            Number of blocks, used to turn negative layer indices into ``n_layers + i + 1``
+            (so -1 is drawn at the last block). Without it negative and non-negative
+            indices must not be mixed.
+        best : "auto" or int or None
+            The marked layer; "auto" marks the best score (lowest loss).
+        ax : matplotlib Axes or None
+        **plot_kw
+            Passed to :meth:`plot`.
+        """
+        _check_matplotlib_support(f"{cls.__name__}.from_cv_results")
+        if not isinstance(cv_results, dict) or "params" not in cv_results:
+            raise TypeError("cv_results must be a fitted search's cv_results_ dict.")
+        param_keys = [k[len("param_"):] for k in cv_results if k.startswith("param_")]
+        if param is None:
+            found = [k for k in param_keys if re.search(r"(^|__)layers?$", k)]
+            if len(found) != 1:
+                raise ValueError(f"Could not pick the layer parameter from {param_keys}; "
+                                 "pass param='<step>__layer'.")
+            param = found[0]
+        if f"param_{param}" not in cv_results:
+            close = [k for k in param_keys if k.endswith(param) or param.endswith(k)]
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"param={param!r} is not in cv_results_ (params: {param_keys})."
+                             + hint)
+        if metric not in cv_results:
+            means = [k for k in cv_results if k.startswith("mean_test_")]
+            raise ValueError(f"metric={metric!r} is not in cv_results_; choose from {means}.")
+        mean = np.asarray(cv_results[metric], dtype=float)
+        std_key = metric.replace("mean_", "std_", 1)
+        std = np.asarray(cv_results[std_key], dtype=float) if std_key in cv_results else None
+        scorer_name = metric[len("mean_test_"):] if metric.startswith("mean_test_") else metric
+        negated = scorer_name.startswith("neg_")
+        if negated:
+            mean = -mean
+            scorer_name = scorer_name[len("neg_"):]
+        lower_is_better = negated or "loss" in scorer_name or "error" in scorer_name
+        raw = [p[param] for p in cv_results["params"]]
+        if any(isinstance(v, (list, tuple)) for v in raw):
+            raise ValueError(f"{param} holds lists of layers (concatenated features); a "
+                             "layer curve needs one layer per candidate.")
+        layers = np.asarray(raw, dtype=int)
+        if (layers < 0).any():
+            if n_layers is not None:
+                layers = np.where(layers < 0, n_layers + 1 + layers, layers)
+            elif (layers >= 0).any():
+                raise ValueError(f"{param} mixes negative and non-negative layer indices; "
+                                 "pass n_layers= (the transformer's n_layers_) to place them.")
+        # one point per layer: its best candidate over the other parameters
+        uniq = np.unique(layers)
+        pick = []
+        for layer in uniq:
+            idx = np.flatnonzero(layers == layer)
+            scores = mean[idx]
+            pick.append(idx[np.nanargmin(scores) if lower_is_better else np.nanargmax(scores)])
+        pick = np.asarray(pick)
+        if best == "auto":
+            sel = np.nanargmin(mean[pick]) if lower_is_better else np.nanargmax(mean[pick])
+            best = int(uniq[sel])
+        disp = cls(uniq, mean[pick], None if std is None else std[pick], scorer_name,
+                   best_layer=best)
+        return disp.plot(ax=ax, **plot_kw)

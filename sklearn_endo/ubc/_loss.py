@@ -1,0 +1,75 @@
+"""The UBC loss: ``alpha * CE + (1 - alpha) * (1 - Dice)`` with partial supervision."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNLABELED = -1  # encoded target of a sample without a class label
+
+
+def soft_dice(probs, target, smooth):
+    """Smoothed Sorensen-Dice per sample: ``(2 sum(p g) + s) / (sum(p) + sum(g) + s)``.
+
+    Args:
+        probs: (B, ...) predicted foreground probabilities.
+        target: (B, ...) {0, 1} ground truth of the same shape.
+        smooth: the epsilon of the paper's formula (> 0 keeps empty masks finite).
+
+    Returns:
+        (B,) Dice coefficients.
+    """
+    p = probs.flatten(1)
+    g = target.flatten(1).to(p.dtype)
+    return (2.0 * (p * g).sum(1) + smooth) / (p.sum(1) + g.sum(1) + smooth)
+
+
+class UBCLoss(nn.Module):
+    """``alpha * CE + (1 - alpha) * DiceLoss`` over a batch with partial labels/masks.
+
+    The CE term averages over samples whose label is not ``-1``; the Dice term
+    (``1 - Dice`` per sample, of the sigmoid of the mask logits, or for
+    ``n_mask_classes > 1`` the mean over foreground classes of the softmax) averages over
+    samples that have a mask. A term with no contributing sample in the batch is 0, and
+    samples without a mask send no gradient to the decoder.
+
+    Args:
+        alpha: weight of the classification term, in [0, 1].
+        dice_smooth: epsilon of the smoothed Dice.
+        n_mask_classes: 1 for binary masks, K >= 2 for integer label maps 0..K-1.
+    """
+
+    def __init__(self, alpha=0.5, dice_smooth=1.0, n_mask_classes=1):
+        super().__init__()
+        self.alpha = float(alpha)
+        self.dice_smooth = float(dice_smooth)
+        self.n_mask_classes = int(n_mask_classes)
+
+    def terms(self, class_logits, mask_logits, y, masks, has_mask):
+        """Return ``(ce, dice_loss)``, each a scalar tensor."""
+        labelled = y != UNLABELED
+        n_labelled = labelled.sum().clamp(min=1)
+        ce = F.cross_entropy(class_logits, y.clamp(min=0), reduction="none")
+        ce = (ce * labelled).sum() / n_labelled
+        if mask_logits is None:
+            return ce, ce.new_zeros(())
+        has_mask = has_mask.to(mask_logits.dtype)
+        if self.n_mask_classes > 1:
+            probs = mask_logits.softmax(1)[:, 1:]
+            onehot = F.one_hot(masks.long(), self.n_mask_classes).permute(0, 3, 1, 2)[:, 1:]
+            b, k = probs.shape[:2]
+            dice = soft_dice(probs.reshape(b * k, -1), onehot.reshape(b * k, -1),
+                             self.dice_smooth).view(b, k).mean(1)
+        else:
+            dice = soft_dice(mask_logits[:, 0].sigmoid(), masks, self.dice_smooth)
+        dice_loss = ((1.0 - dice) * has_mask).sum() / has_mask.sum().clamp(min=1)
+        return ce, dice_loss
+
+    def forward(self, class_logits, mask_logits, y, masks, has_mask):
+        ce, dice_loss = self.terms(class_logits, mask_logits, y, masks, has_mask)
+        if self.alpha == 1.0:
+            return ce
+        if self.alpha == 0.0:
+            return dice_loss
+        return self.alpha * ce + (1.0 - self.alpha) * dice_loss

@@ -1,0 +1,131 @@
+"""The feature store: one encoder pass per unique image, identical results, safe files."""
+
+import os
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+
+from sklearn_endo import FeatureStore, LayerFeatureTransformer, clear_feature_store
+
+
+def test_store_on_and_off_give_identical_features(images, tiny_vit):
+    X, _ = images
+    for layer in (0, 2, [1, -1]):
+        on = LayerFeatureTransformer(tiny_vit, layer=layer, pooling="cls+mean")
+        off = clone(on).set_params(feature_store=None)
+        np.testing.assert_array_equal(on.fit_transform(X), off.fit_transform(X))
+        np.testing.assert_array_equal(on.transform(X), off.transform(X))  # from the store
+
+
+def test_grid_search_over_all_layers_costs_one_pass(images, tiny_vit, counter):
+    X, y = images
+    c = counter(tiny_vit)
+    pipe = make_pipeline(LayerFeatureTransformer(tiny_vit, batch_size=7),
+                         LogisticRegression(max_iter=200))
+    grid = {"layerfeaturetransformer__layer": list(range(5)),
+            "layerfeaturetransformer__pooling": ["mean", "cls", "max"]}
+    search = GridSearchCV(pipe, grid, cv=StratifiedKFold(5), scoring="neg_log_loss")
+    search.fit(X, y)
+    assert len(search.cv_results_["params"]) == 15
+    assert c.images == len(X)  # 15 candidates x 5 folds + refit: one pass per image
+    search.predict_proba(X)
+    assert c.images == len(X)
+
+
+def test_duplicates_are_computed_once(images, tiny_vit, counter):
+    X, _ = images
+    c = counter(tiny_vit)
+    X2 = np.concatenate([X[:5], X[:5], X[5:8]])
+    out = LayerFeatureTransformer(tiny_vit).fit_transform(X2)
+    assert c.images == 8
+    np.testing.assert_array_equal(out[:5], out[5:10])
+
+
+def test_store_off_stops_after_the_deepest_layer(images, tiny_vit, counter):
+    X, _ = images
+    last = counter(tiny_vit.blocks[3])
+    second = counter(tiny_vit.blocks[1])
+    LayerFeatureTransformer(tiny_vit, layer=2, feature_store=None).fit_transform(X)
+    assert second.calls > 0 and last.calls == 0
+    LayerFeatureTransformer(tiny_vit, layer=2).fit_transform(X)  # the store takes all
+    assert last.calls > 0
+
+
+def test_disk_store_is_shared_and_atomic(images, tiny_vit, counter, tmp_path):
+    X, _ = images
+    c = counter(tiny_vit)
+    t = LayerFeatureTransformer(tiny_vit, layer=3, feature_store=str(tmp_path))
+    first = t.fit_transform(X)
+    assert c.images == 20
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert sum(f.endswith(".npy") for f in files) == 20
+    assert not any(f.endswith(".tmp") for f in files)
+    clear_feature_store()  # as a new process would: nothing in memory
+    np.testing.assert_array_equal(clone(t).fit_transform(X), first)
+    assert c.images == 20  # read from disk
+
+
+def test_corrupt_entry_is_recomputed(images, tiny_vit, counter, tmp_path):
+    X, _ = images
+    c = counter(tiny_vit)
+    t = LayerFeatureTransformer(tiny_vit, layer=3, feature_store=str(tmp_path))
+    first = t.fit_transform(X)
+    npys = sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
+                  if f.endswith(".npy"))
+    with open(npys[0], "wb") as f:
+        f.write(b"\x93NUMPY garbage")
+    with open(npys[1], "wb") as f:  # a pickled object must never be loaded
+        pickle.dump(np.zeros(3, dtype=object), f)
+    clear_feature_store()
+    np.testing.assert_array_equal(t.transform(X), first)
+    assert c.images == 22
+
+
+def test_lru_is_bounded():
+    store = FeatureStore(max_bytes=1000)
+    for i in range(10):
+        store.put("ns", [f"k{i}"], [np.zeros(100, np.float32)])
+    assert store.nbytes <= 1000 and len(store) == 2
+    assert store.get("ns", ["k0", "k9"], 100)[0] is None
+    assert store.get("ns", ["k9"], 100)[0] is not None
+
+
+def test_other_weights_other_features(images, tiny_vit):
+    X, _ = images
+    from .conftest import make_tiny_vit
+
+    other = make_tiny_vit()
+    with pytest.raises(AssertionError):  # different random init -> different namespace
+        np.testing.assert_array_equal(
+            LayerFeatureTransformer(tiny_vit).fit_transform(X),
+            LayerFeatureTransformer(other).fit_transform(X))
+
+
+def test_pickle_of_fitted_pipeline_with_named_encoder_has_no_weights(images, tmp_path):
+    X, y = images
+    pipe = make_pipeline(LayerFeatureTransformer("resnet18", layer=4, pretrained=False,
+                                                 img_size=32),
+                         LogisticRegression(max_iter=300)).fit(X, y)
+    path = tmp_path / "pipe.joblib"
+    joblib.dump(pipe, path)
+    assert os.path.getsize(path) < 200_000  # resnet18 weights are ~45 MB
+    loaded = joblib.load(path)
+    clear_feature_store()
+    np.testing.assert_allclose(loaded.predict_proba(X), pipe.predict_proba(X), atol=1e-6)
+
+
+def test_named_random_init_is_reproducible_across_registry_reloads(images):
+    from sklearn_endo._encoders import registry_clear
+
+    X, _ = images
+    t = LayerFeatureTransformer("resnet18", pretrained=False, img_size=32)
+    a = t.fit_transform(X[:3])
+    registry_clear()
+    clear_feature_store()
+    np.testing.assert_array_equal(clone(t).fit_transform(X[:3]), a)
