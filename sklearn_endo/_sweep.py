@@ -372,9 +372,10 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
     """
     y_arr = np.asarray(y)
     if hasattr(encoder, "layer_features"):
-        if transformer_params:
-            encoder = clone(encoder).set_params(**transformer_params)
         transformer = encoder
+        if transformer_params or not hasattr(transformer, "n_layers_"):
+            # never refit or reconfigure the caller's object
+            transformer = clone(transformer).set_params(**transformer_params)
     else:
         from ._transformer import LayerFeatureTransformer
 

@@ -3,3 +3,9 @@
 from ._cka import CKADisplay
 
 __all__ = ["CKADisplay"]
+
+from ._confusion import ConfusionAsymmetryDisplay
+from ._embedding import EmbeddingDisplay
+from ._layer_curve import LayerCurveDisplay
+
+__all__ += ["ConfusionAsymmetryDisplay", "EmbeddingDisplay", "LayerCurveDisplay"]

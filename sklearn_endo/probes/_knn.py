@@ -143,4 +143,5 @@ class KNNProbeClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Class with the largest weighted vote."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

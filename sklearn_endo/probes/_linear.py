@@ -240,7 +240,7 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in the data; "
-                f"got only class {self.classes_[0]!r}."
+                f"got one class, {self.classes_.tolist()}."
             )
         self.mean_, self.scale_ = _standardize_stats(X, self.standardize)
         Xs = X if self.mean_ is None else (X - self.mean_) / self.scale_
@@ -270,6 +270,7 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
+        check_is_fitted(self)
         scores = self.decision_function(X)
         if scores.ndim == 1:
             scores = np.column_stack([np.zeros_like(scores), scores])
@@ -277,6 +278,7 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Most probable class per sample."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def __sklearn_tags__(self):
@@ -376,7 +378,7 @@ class MultiLayerLinearProbe(BaseEstimator):
         if len(classes) < 2:
             raise ValueError(
                 "MultiLayerLinearProbe needs samples of at least 2 classes in the data; "
-                f"got only class {classes[0]!r}."
+                f"got one class, {classes.tolist()}."
             )
         stats = [_standardize_stats(a, self.standardize) for a in arrays]
         inputs = [a if m is None else (a - m) / s for a, (m, s) in zip(arrays, stats)]

@@ -1,0 +1,232 @@
+"""Linear, batched multi-layer and k-NN probes."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.utils import check_random_state
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_endo.probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
+
+# Per-layer probabilities of the batched probe vs one-by-one probes (measured ~1e-7).
+BATCHED_ATOL = 1e-5
+
+
+def _layered_data(n=60, dims=(5, 12, 7), n_classes=3, seed=0):
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, n_classes, n)
+    feats = {}
+    for i, d in enumerate(dims):
+        centers = rng.normal(scale=2.0, size=(n_classes, d))
+        feats[2 * i + 1] = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+    return feats, y
+
+
+# ---------------------------------------------------------------- sklearn's checks
+@parametrize_with_checks(
+    [
+        # a larger step than the recipe's 1e-4 so that the accuracy checks on small
+        # blobs converge within the default 30 epochs; the API is the same
+        LinearProbeClassifier(lr=1e-2, random_state=0),
+        KNNProbeClassifier(n_neighbors=5),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# ---------------------------------------------------------------- linear probe
+def test_linear_probe_matches_plain_torch_loop():
+    """The recipe, written independently: nn.Linear + autograd CE + torch Adam."""
+    rng = np.random.RandomState(1)
+    X = rng.normal(size=(37, 6)).astype(np.float32)
+    y = rng.randint(0, 3, 37)
+    clf = LinearProbeClassifier(lr=1e-3, max_epochs=4, batch_size=8, random_state=5).fit(X, y)
+
+    init_seed, shuffle_seed = check_random_state(5).randint(0, 2**31 - 1, size=2)
+    lin = torch.nn.Linear(6, 3)
+    gen = torch.Generator().manual_seed(int(init_seed))
+    bound = 1 / np.sqrt(6)
+    with torch.no_grad():
+        lin.weight.copy_((torch.rand(3, 6, generator=gen) * 2 - 1) * bound)
+        lin.bias.copy_((torch.rand(3, generator=gen) * 2 - 1) * bound)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
+    order_gen = torch.Generator().manual_seed(int(shuffle_seed))
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
+    for _ in range(4):
+        perm = torch.randperm(37, generator=order_gen)
+        for s in range(0, 37, 8):
+            idx = perm[s : s + 8]
+            loss = torch.nn.functional.cross_entropy(lin(Xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        expected = torch.softmax(lin(Xt).double(), dim=1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-5)
+    np.testing.assert_allclose(clf.coef_, lin.weight.detach().numpy(), atol=1e-5)
+
+
+def test_linear_probe_defaults_are_the_recipe():
+    p = LinearProbeClassifier().get_params()
+    assert (p["lr"], p["max_epochs"], p["batch_size"], p["weight_decay"]) == (1e-4, 30, 8, 0.0)
+
+
+def test_linear_probe_reproducible_and_leaves_global_rng_alone():
+    feats, y = _layered_data()
+    X = feats[1]
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    a = LinearProbeClassifier(max_epochs=3, random_state=3).fit(X, y)
+    assert torch.equal(torch_state, torch.get_rng_state())
+    assert np.array_equal(np_state[1], np.random.get_state()[1])
+    b = LinearProbeClassifier(max_epochs=3, random_state=3).fit(X, y)
+    c = LinearProbeClassifier(max_epochs=3, random_state=4).fit(X, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert not np.allclose(a.coef_, c.coef_)
+
+
+def test_linear_probe_string_labels_and_shapes():
+    feats, y = _layered_data(n_classes=2)
+    labels = np.array(["normal-z-line", "esophagitis"])[y]
+    clf = LinearProbeClassifier(lr=1e-2, random_state=0, standardize=True).fit(feats[3], labels)
+    assert list(clf.classes_) == ["esophagitis", "normal-z-line"]
+    assert clf.decision_function(feats[3]).shape == (60,)
+    proba = clf.predict_proba(feats[3])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert clf.score(feats[3], labels) > 0.9
+    assert clf.coef_.shape == (2, 12) and clf.n_features_in_ == 12
+    assert len(clf.loss_curve_) == 30 and clf.loss_curve_[-1] < clf.loss_curve_[0]
+
+
+@pytest.mark.parametrize(
+    "params, name",
+    [({"lr": 0}, "lr"), ({"max_epochs": 0}, "max_epochs"), ({"batch_size": 2.5}, "batch_size"),
+     ({"weight_decay": -1.0}, "weight_decay"), ({"standardize": "yes"}, "standardize"),
+     ({"device": "gpu7"}, "device")],
+)
+def test_linear_probe_bad_params(params, name):
+    X, y = np.random.RandomState(0).normal(size=(10, 3)), np.arange(10) % 2
+    with pytest.raises(ValueError, match=name):
+        LinearProbeClassifier(**params).fit(X, y)
+
+
+def test_linear_probe_one_class_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        LinearProbeClassifier().fit(np.ones((4, 2)), [1, 1, 1, 1])
+
+
+# ---------------------------------------------------------------- batched probes
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"lr": 1e-3, "max_epochs": 5},
+        {"lr": 1e-3, "max_epochs": 3, "batch_size": 7, "standardize": True, "weight_decay": 1e-2},
+    ],
+)
+def test_batched_probe_matches_sequential_probes(params):
+    feats, y = _layered_data()
+    labels = np.array(["a", "b", "c"])[y]
+    batched = MultiLayerLinearProbe(random_state=11, **params).fit(feats, labels)
+    probas = batched.predict_proba(feats)
+    assert batched.keys_ == [1, 3, 5]
+    worst = 0.0
+    for (layer, X), proba, est in zip(feats.items(), probas, batched.estimators_):
+        seq = LinearProbeClassifier(random_state=11, **params).fit(X, labels)
+        worst = max(worst, np.abs(seq.predict_proba(X) - proba).max())
+        np.testing.assert_allclose(est.coef_, seq.coef_, atol=BATCHED_ATOL)
+        np.testing.assert_allclose(est.intercept_, seq.intercept_, atol=BATCHED_ATOL)
+        np.testing.assert_array_equal(est.predict(X), seq.predict(X))
+    assert worst < BATCHED_ATOL
+    # the summed training loss is the sum of the one-by-one losses
+    seq_loss = sum(
+        np.asarray(LinearProbeClassifier(random_state=11, **params).fit(X, labels).loss_curve_)
+        for X in feats.values()
+    )
+    np.testing.assert_allclose(batched.loss_curve_, seq_loss, rtol=1e-5)
+
+
+def test_batched_probe_heads_are_independent():
+    """Adding a layer does not change the other layers' heads."""
+    feats, y = _layered_data()
+    both = MultiLayerLinearProbe(max_epochs=2, random_state=0).fit([feats[1], feats[3]], y)
+    one = MultiLayerLinearProbe(max_epochs=2, random_state=0).fit([feats[1]], y)
+    np.testing.assert_allclose(both.estimators_[0].coef_, one.estimators_[0].coef_,
+                               atol=BATCHED_ATOL)
+
+
+def test_batched_probe_input_errors():
+    feats, y = _layered_data()
+    probe = MultiLayerLinearProbe(max_epochs=1, random_state=0)
+    with pytest.raises(TypeError, match="list of feature arrays"):
+        probe.fit(feats[1], y)
+    with pytest.raises(ValueError, match="same number of samples"):
+        probe.fit([feats[1], feats[3][:-1]], y)
+    with pytest.raises(ValueError, match="y must be 1-d"):
+        probe.fit([feats[1]], y[:-1])
+    probe.fit(feats, y)
+    with pytest.raises(ValueError, match="fitted on"):
+        probe.predict_proba({1: feats[1]})
+    with pytest.raises(ValueError, match="features"):
+        probe.predict_proba({1: feats[1], 3: feats[1], 5: feats[5]})
+
+
+# ---------------------------------------------------------------- k-NN probe
+def _knn_data():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 6))
+    y = rng.randint(0, 3, 40)
+    return X[:30], y[:30], X[30:]
+
+
+def test_knn_dino_weighting_by_hand():
+    Xtr, ytr, Xte = _knn_data()
+    k, T = 7, 0.1
+    proba = KNNProbeClassifier(n_neighbors=k, temperature=T).fit(Xtr, ytr).predict_proba(Xte)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    expected = np.zeros((len(Xte), 3))
+    for i, q in enumerate(unit(Xte)):
+        sims = unit(Xtr) @ q
+        nn = np.argsort(-sims)[:k]
+        for j in nn:
+            expected[i, ytr[j]] += np.exp(sims[j] / T)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(proba, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("weighting, weights", [("uniform", "uniform"), ("distance", "distance")])
+def test_knn_matches_sklearn_cosine_neighbors(weighting, weights):
+    Xtr, ytr, Xte = _knn_data()
+    ours = KNNProbeClassifier(n_neighbors=5, weighting=weighting).fit(Xtr, ytr)
+    ref = KNeighborsClassifier(n_neighbors=5, metric="cosine", weights=weights,
+                               algorithm="brute").fit(Xtr, ytr)
+    np.testing.assert_allclose(ours.predict_proba(Xte), ref.predict_proba(Xte), atol=1e-10)
+
+
+def test_knn_several_k_from_one_search():
+    Xtr, ytr, Xte = _knn_data()
+    ytr = np.array(["x", "y", "z"])[ytr]
+    knn = KNNProbeClassifier().fit(Xtr, ytr)
+    multi = knn.predict_proba_for_k(Xte, [1, 5, 50])
+    for k in (1, 5):
+        single = KNNProbeClassifier(n_neighbors=k).fit(Xtr, ytr).predict_proba(Xte)
+        np.testing.assert_allclose(multi[k], single)
+    # k above the training size is clipped to it
+    np.testing.assert_allclose(multi[50], KNNProbeClassifier(n_neighbors=30).fit(
+        Xtr, ytr).predict_proba(Xte))
+    assert knn.predict(Xte).dtype.kind == "U"
+
+
+def test_knn_small_temperature_does_not_overflow():
+    Xtr, ytr, Xte = _knn_data()
+    proba = KNNProbeClassifier(temperature=1e-4).fit(Xtr, ytr).predict_proba(Xte)
+    assert np.isfinite(proba).all()
+
+
+@pytest.mark.parametrize("params, name", [({"n_neighbors": 0}, "n_neighbors"),
+                                          ({"temperature": -1}, "temperature"),
+                                          ({"weighting": "gauss"}, "weighting")])
+def test_knn_bad_params(params, name):
+    Xtr, ytr, _ = _knn_data()
+    with pytest.raises(ValueError, match=name):
+        KNNProbeClassifier(**params).fit(Xtr, ytr)
