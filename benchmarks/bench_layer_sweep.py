@@ -147,7 +147,7 @@ def main():
 
     def probes_only():
         for layer in range(n_layers + 1):
-            for train, test in cv.split(X, y):
+            for train, _ in cv.split(X, y):
                 LogisticRegression(max_iter=1000).fit(feats[layer][train], y[train])
 
     t_probes = timed(probes_only)[0]
@@ -170,7 +170,7 @@ def main():
         args.encoder, layer=-1, pretrained=args.pretrained, img_size=args.img_size,
         batch_size=args.batch_size, feature_store=None).fit_transform(X))[0]
     for layer in sorted({0, 1, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers}):
-        t = timed(lambda: LayerFeatureTransformer(
+        t = timed(lambda layer=layer: LayerFeatureTransformer(
             args.encoder, layer=layer, pretrained=args.pretrained, img_size=args.img_size,
             batch_size=args.batch_size, feature_store=None).fit_transform(X), args.repeat)[0]
         print(f"  layer {layer:3d}: {t:6.2f} s = {t / full:.2f} of the full pass")

@@ -7,13 +7,27 @@ protocols around them (layer sweeps, probes, CKA, clinical metrics).
 
 __version__ = "0.1.0"
 
+from . import datasets, inspection, metrics, plotting, probes
 from ._encoders import WeightsUnavailableError
 from ._store import FeatureStore, clear_feature_store
+from ._sweep import LayerSweepResult, layer_sweep, layer_sweep_from_features
 from ._transformer import LayerFeatureTransformer
+from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
 
 __all__ = [
     "FeatureStore",
+    "KNNProbeClassifier",
     "LayerFeatureTransformer",
+    "LayerSweepResult",
+    "LinearProbeClassifier",
+    "MultiLayerLinearProbe",
     "WeightsUnavailableError",
     "clear_feature_store",
+    "datasets",
+    "inspection",
+    "layer_sweep",
+    "layer_sweep_from_features",
+    "metrics",
+    "plotting",
+    "probes",
 ]

@@ -14,8 +14,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 
 def _parser():
     ap = argparse.ArgumentParser(

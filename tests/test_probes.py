@@ -131,7 +131,7 @@ def test_batched_probe_matches_sequential_probes(params):
     probas = batched.predict_proba(feats)
     assert batched.keys_ == [1, 3, 5]
     worst = 0.0
-    for (layer, X), proba, est in zip(feats.items(), probas, batched.estimators_):
+    for X, proba, est in zip(feats.values(), probas, batched.estimators_):
         seq = LinearProbeClassifier(random_state=11, **params).fit(X, labels)
         worst = max(worst, np.abs(seq.predict_proba(X) - proba).max())
         np.testing.assert_allclose(est.coef_, seq.coef_, atol=BATCHED_ATOL)

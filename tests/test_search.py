@@ -4,8 +4,13 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import (GridSearchCV, RandomizedSearchCV, StratifiedKFold,
-                                     cross_val_score, cross_validate)
+from sklearn.model_selection import (
+    GridSearchCV,
+    RandomizedSearchCV,
+    StratifiedKFold,
+    cross_val_score,
+    cross_validate,
+)
 from sklearn.pipeline import make_pipeline
 
 from sklearn_endo import LayerFeatureTransformer

@@ -1,15 +1,28 @@
 """layer_sweep: one encoder pass, per-layer CV scores equal to a hand-written loop."""
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, log_loss
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+)
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from sklearn_endo import LayerFeatureTransformer
-from sklearn_endo._sweep import LayerSweepResult, layer_sweep, layer_sweep_from_features
+from sklearn_endo._sweep import (
+    LayerSweepResult,
+    _default_metrics,
+    layer_sweep,
+    layer_sweep_from_features,
+)
 from sklearn_endo.probes import KNNProbeClassifier, LinearProbeClassifier
 
 METRICS = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "balanced_accuracy",
@@ -55,8 +68,10 @@ def test_sweep_scores_equal_a_hand_written_cv_loop(images, tiny_vit):
             clf = LinearProbeClassifier(random_state=3, **FAST).fit(feats[layer][tr], y[tr])
             proba = clf.predict_proba(feats[layer][te])
             pred = clf.classes_[proba.argmax(1)]
-            assert res.scores["accuracy"][0, li, fi] == accuracy_score(y[te], pred)
-            assert res.scores["f1_macro"][0, li, fi] == f1_score(y[te], pred, average="macro")
+            assert res.scores["accuracy"][0, li, fi] == pytest.approx(
+                accuracy_score(y[te], pred), abs=1e-12)
+            assert res.scores["f1_macro"][0, li, fi] == pytest.approx(
+                f1_score(y[te], pred, average="macro"), abs=1e-12)
             assert res.scores["log_loss"][0, li, fi] == pytest.approx(
                 log_loss(y[te], proba), abs=1e-12)
 
@@ -153,3 +168,31 @@ def test_sweep_layer_out_of_range_is_the_transformers_error(images, tiny_vit):
     X, y = images
     with pytest.raises(ValueError, match="out of range"):
         layer_sweep(X, y, tiny_vit, layers=[7], cv=2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_metrics_equal_sklearn(seed):
+    """Including folds where some classes are never true or never predicted."""
+    rng = np.random.RandomState(seed)
+    k, n = 5, 23
+    labels = np.arange(k)
+    y_true = rng.choice(k - seed % 2, n)  # class 4 absent from y_true when seed is odd
+    proba = rng.dirichlet(np.ones(k), n)
+    proba[:, 2] *= 0.01 * seed  # class 2 rarely or never predicted
+    proba[0] = np.eye(k)[(y_true[0] + 1) % k]  # a zero probability for the true class
+    proba /= proba.sum(axis=1, keepdims=True)
+    pred = proba.argmax(1)
+    got = _default_metrics(y_true, proba)
+    kw = dict(labels=labels, average="macro", zero_division=0)
+    expected = {
+        "accuracy": accuracy_score(y_true, pred),
+        "f1_macro": f1_score(y_true, pred, **kw),
+        "precision_macro": precision_score(y_true, pred, **kw),
+        "recall_macro": recall_score(y_true, pred, **kw),
+        "log_loss": log_loss(y_true, proba, labels=labels),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # y_pred classes absent from y_true
+        expected["balanced_accuracy"] = balanced_accuracy_score(y_true, pred)
+    for m, v in expected.items():
+        assert got[m] == pytest.approx(v, abs=1e-12), m

@@ -52,9 +52,14 @@ def patch_similarity_variance(tokens, y, *, reference="mean", num_prefix_tokens=
         tokens = {3: inter[0].numpy(), 6: inter[1].numpy(), 9: inter[2].numpy()}
 
     or ``output_fmt="NCHW"`` maps of shape (n, dim, H, W), accepted as they are. To
-    compare to the class token, keep the prefix tokens in front of the patches
-    (``model.blocks`` outputs / ``return_prefix_tokens``) and set
-    ``num_prefix_tokens=model.num_prefix_tokens``.
+    compare to the class token, put the prefix tokens in front of the patches and set
+    ``num_prefix_tokens=model.num_prefix_tokens``::
+
+        _, inter = model.forward_intermediates(x, indices=[6], output_fmt="NLC",
+                                               return_prefix_tokens=True)
+        patches, prefix = inter[0]
+        tokens = {6: torch.cat([prefix, patches], dim=1).numpy()}
+        patch_similarity_variance(tokens, y, reference="cls", num_prefix_tokens=1)
 
     Parameters
     ----------

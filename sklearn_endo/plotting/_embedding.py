@@ -71,10 +71,11 @@ class EmbeddingDisplay:
         self.method = method
         self.display_labels = display_labels
         if self.embedding.ndim != 2 or self.embedding.shape[1] != 2:
-            raise ValueError(f"embedding must have shape (n_samples, 2); got {self.embedding.shape}.")
+            raise ValueError(
+                f"embedding must have shape (n_samples, 2); got {self.embedding.shape}.")
         if self.y.shape != (self.embedding.shape[0],):
-            raise ValueError(f"y must have one label per embedded point ({self.embedding.shape[0]});"
-                             f" got shape {self.y.shape}.")
+            raise ValueError(f"y must have one label per embedded point "
+                             f"({self.embedding.shape[0]}); got shape {self.y.shape}.")
 
     def plot(self, ax=None, *, scatter_kw=None, legend=True):
         """Draw the scatter plot; returns self."""

@@ -136,13 +136,14 @@ class LayerCurveDisplay:
 
     @classmethod
     def from_cv_results(cls, cv_results, *, param=None, metric="mean_test_score",
-                        n_layers=None, best="auto", ax=None, **plot_kw):
+                        scoring=None, n_layers=None, best="auto", ax=None, **plot_kw):
         """Draw the curve from a fitted ``GridSearchCV.cv_results_`` over the layer.
 
         Parameters
         ----------
-        cv_results : dict
-            ``search.cv_results_``.
+        cv_results : dict or fitted search
+            ``search.cv_results_``, or the fitted search itself (its ``scoring`` then
+            names the score).
         param : str or None
             The layer parameter, e.g. ``"layer"`` or ``"layerfeaturetransformer__layer"``;
             None finds the single parameter whose name ends in ``layer``. When the grid
@@ -151,6 +152,10 @@ class LayerCurveDisplay:
             ``"mean_test_<name>"`` column; the matching ``std_test_<name>`` gives the
             band. Scores of ``neg_*`` scorers (e.g. ``neg_log_loss``) are negated back
             and drawn as losses.
+        scoring : str or None
+            The search's ``scoring`` when it was one string: ``cv_results_`` then
+            calls it "score", and this tells its name and sign
+            (``scoring="neg_log_loss"``).
         n_layers : int or None
             Number of blocks, used to turn negative layer indices into ``n_layers + i + 1``
             (so -1 is drawn at the last block). Without it negative and non-negative
@@ -162,6 +167,10 @@ class LayerCurveDisplay:
             Passed to :meth:`plot`.
         """
         _check_matplotlib_support(f"{cls.__name__}.from_cv_results")
+        if hasattr(cv_results, "cv_results_"):
+            if scoring is None and isinstance(getattr(cv_results, "scoring", None), str):
+                scoring = cv_results.scoring
+            cv_results = cv_results.cv_results_
         if not isinstance(cv_results, dict) or "params" not in cv_results:
             raise TypeError("cv_results must be a fitted search's cv_results_ dict.")
         param_keys = [k[len("param_"):] for k in cv_results if k.startswith("param_")]
@@ -183,6 +192,8 @@ class LayerCurveDisplay:
         std_key = metric.replace("mean_", "std_", 1)
         std = np.asarray(cv_results[std_key], dtype=float) if std_key in cv_results else None
         scorer_name = metric[len("mean_test_"):] if metric.startswith("mean_test_") else metric
+        if scorer_name == "score" and scoring is not None:
+            scorer_name = scoring
         negated = scorer_name.startswith("neg_")
         if negated:
             mean = -mean

@@ -486,7 +486,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         ``masks`` is given as in ``fit`` and resized (nearest) to ``image_size``. An
         empty mask predicted empty scores 1. Multi-class: the mean over classes 1..K-1.
         """
-        from ..metrics._dice import dice_score
+        from ..metrics import dice_score
 
         images = check_images(X, name="X")
         mask_set = check_masks(masks, images, n_mask_classes=self.n_mask_classes)

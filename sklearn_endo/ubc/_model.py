@@ -73,8 +73,8 @@ def pretrained_kwargs(encoder, pretrained):
         try:
             _check_reachable(timm_name)
         except WeightsUnavailableError as exc:
-            raise _unavailable(f"encoder={encoder!r}", _reason(exc), f"import timm; timm.create_model("
-                               f"'{timm_name}', pretrained=True)") from None
+            cmd = f"import timm; timm.create_model('{timm_name}', pretrained=True)"
+            raise _unavailable(f"encoder={encoder!r}", _reason(exc), cmd) from None
         return {"encoder_weights": True}
     import segmentation_models_pytorch as smp
 

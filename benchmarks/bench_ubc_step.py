@@ -1,0 +1,170 @@
+"""UBCClassifier training-step overhead against a plain PyTorch loop, and peak memory.
+
+1. Overhead: the same UBCNet (same initial weights), the same DataLoader batches, Adam,
+   the same loss and StepLR, trained once through ``UBCClassifier.fit`` (skorch) and once
+   by a hand-written loop. Runs alternate (skorch, plain, skorch, plain, ...) so that
+   machine noise hits both; the ratio of the median epoch times is the overhead.
+   Target: <= 1.10x.
+2. Memory: with X as a list of image paths, the peak RSS of a 1-epoch fit in a fresh
+   subprocess for a small and a large number of files. Target: the same peak (bounded by
+   the batch, not by the dataset).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_ubc_step.py --n 64 --size 64 --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def make_data(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 120, (n, size, size, 3), dtype=np.uint8)
+    y = np.arange(n) % 2
+    masks = np.zeros((n, size, size), dtype=bool)
+    s = size // 4
+    for i in np.flatnonzero(y):
+        r, c = rng.integers(0, size - s, 2)
+        X[i, r:r + s, c:c + s] = 230
+        masks[i, r:r + s, c:c + s] = True
+    return X, y, masks
+
+
+def skorch_epochs(params, X, y, masks, epochs):
+    from sklearn_endo.ubc import UBCClassifier
+
+    clf = UBCClassifier(**params, max_epochs=epochs).fit(X, y, masks=masks)
+    return list(clf.history[:, "dur"])
+
+
+def plain_epochs(params, X, y, masks, epochs):
+    """The same model, batches, optimizer, loss and schedule, without skorch."""
+    from sklearn_endo._images import check_images
+    from sklearn_endo.ubc import UBCLoss, UBCNet
+    from sklearn_endo.ubc._classifier import UBCDataset
+    from sklearn_endo.ubc._masks import check_masks
+
+    torch.manual_seed(params["random_state"])
+    images = check_images(X)
+    size = (params["image_size"],) * 2
+    ds = UBCDataset(images, size, y.astype(np.int64), check_masks(masks, images))
+    net = UBCNet(params["encoder"], 2, encoder_depth=params["encoder_depth"],
+                 pooling=params.get("pooling", "avg"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=params["batch_size"], shuffle=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.9)
+    loss_fn = UBCLoss(alpha=params.get("alpha", 0.5))
+    durs = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        net.train()
+        for xb, t in loader:
+            opt.zero_grad()
+            logits, mask_logits = net(xb)
+            loss = loss_fn(logits, mask_logits, t["y"], t["mask"], t["has_mask"])
+            loss.backward()
+            opt.step()
+            loss.item()  # skorch records every batch loss; so does a typical loop
+        sched.step()
+        durs.append(time.perf_counter() - start)
+    return durs
+
+
+def overhead(args):
+    params = dict(encoder=args.encoder, pretrained=False, image_size=args.size,
+                  encoder_depth=args.depth, batch_size=args.batch_size, random_state=0,
+                  device="cpu", alpha=0.5)
+    X, y, masks = make_data(args.n, args.size)
+    skorch_t, plain_t = [], []
+    for _ in range(args.repeats):
+        # the first epoch of each run warms up allocators; keep the rest
+        skorch_t += skorch_epochs(params, X, y, masks, args.epochs + 1)[1:]
+        plain_t += plain_epochs(params, X, y, masks, args.epochs + 1)[1:]
+    s, p = statistics.median(skorch_t), statistics.median(plain_t)
+    print(f"overhead  {args.encoder} depth {args.depth}, {args.n} images {args.size}px, "
+          f"batch {args.batch_size}, {len(skorch_t)} epochs each")
+    print(f"  UBCClassifier (skorch): median epoch {s:.3f} s")
+    print(f"  plain torch loop      : median epoch {p:.3f} s")
+    print(f"  ratio skorch/plain    : {s / p:.3f}x  (target <= 1.10x)")
+
+
+def _memory_child(n, size, file_size):
+    import resource
+
+    from PIL import Image
+
+    from sklearn_endo.ubc import UBCClassifier
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        img = rng.integers(0, 255, (file_size, file_size, 3), dtype=np.uint8)
+        for i in range(n):
+            p = os.path.join(tmp, f"{i}.png")
+            Image.fromarray(np.roll(img, i, axis=0)).save(p, compress_level=1)
+            paths.append(p)
+        y = np.arange(n) % 2
+        mask = np.zeros((file_size, file_size), dtype=bool)
+        mask[: file_size // 4, : file_size // 4] = True
+        masks = [mask] * n  # the same (small) array object n times
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        clf = UBCClassifier("resnet18", pretrained=False, image_size=size, encoder_depth=5,
+                            batch_size=16, max_epochs=1, random_state=0, device="cpu",
+                            iterator_train__num_workers=0, iterator_valid__num_workers=0)
+        clf.fit(paths, y, masks=masks)
+        clf.predict_proba(paths)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak, "before_fit_mb": before}))
+
+
+def memory(args):
+    print(f"memory    X as paths of {args.file_size}px PNGs, image_size {args.size}, "
+          f"batch 16, 1 epoch + predict_proba")
+    for n in (args.n_small, args.n_large):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(n), "--size", str(args.size),
+             "--file-size", str(args.file_size)],
+            capture_output=True, text=True, check=True)
+        rec = json.loads(out.stdout.strip().splitlines()[-1])
+        peak, before = rec["peak_rss_mb"], rec["before_fit_mb"]
+        decoded = n * args.file_size ** 2 * 3 * 4 / 2**20
+        print(f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the "
+              f"RSS before fit (all images decoded as float: {decoded:7.1f} MB)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--n-small", type=int, default=32)
+    ap.add_argument("--n-large", type=int, default=256)
+    ap.add_argument("--file-size", type=int, default=256)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.memory_child is not None:
+        _memory_child(args.memory_child, args.size, args.file_size)
+        return
+    overhead(args)
+    if not args.skip_memory:
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()

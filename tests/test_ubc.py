@@ -1,0 +1,246 @@
+"""UBCClassifier: fit/predict, partial supervision, sklearn and skorch plumbing, bad input."""
+
+import io
+import socket
+import time
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from sklearn_endo._encoders import WeightsUnavailableError
+from sklearn_endo.ubc import NoMasksWarning, UBCClassifier, _model
+
+TINY = dict(encoder="resnet18", pretrained=False, image_size=32, encoder_depth=3,
+            max_epochs=1, batch_size=4, random_state=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    """8 images 32x32: class 1 has a bright square, its mask marks the square."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 100, (8, 32, 32, 3), dtype=np.uint8)
+    y = np.array([0, 1] * 4)
+    masks = np.zeros((8, 32, 32), dtype=bool)
+    for i in np.flatnonzero(y):
+        r, c = rng.integers(0, 24, 2)
+        X[i, r:r + 8, c:c + 8] = 220
+        masks[i, r:r + 8, c:c + 8] = True
+    return X, y, masks
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, y, masks = data
+    return UBCClassifier(**TINY).fit(X, np.array(["normal", "polyp"])[y], masks=masks)
+
+
+def test_fit_predict_shapes_and_dtypes(data, fitted):
+    X, y, masks = data
+    assert fitted.classes_.tolist() == ["normal", "polyp"]
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (8, 2) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    assert set(fitted.predict(X)) <= {"normal", "polyp"}
+    m = fitted.predict_masks(X)
+    assert m.shape == (8, 32, 32) and m.dtype == bool
+    p = fitted.predict_masks(X, threshold=None)
+    assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+    assert 0 <= fitted.dice_score(X, masks) <= 1
+    assert 0 <= fitted.score(X, np.array(["normal", "polyp"])[y]) <= 1
+    assert len(fitted.history) == 1
+
+
+def test_partial_masks_unlabeled_samples_and_string_labels(data):
+    X, y, masks = data
+    partial = [m if i % 3 else None for i, m in enumerate(masks)]
+    labels = np.array(["a", "b"], dtype=object)[y]
+    labels[[2, 5]] = None  # unlabeled: Dice term only
+    clf = UBCClassifier(**TINY).fit(X, labels, masks=partial)
+    assert clf.classes_.tolist() == ["a", "b"]
+    y_num = y.copy()
+    y_num[:3] = -1
+    clf = UBCClassifier(**TINY).fit(X, y_num, masks=partial)
+    assert clf.classes_.tolist() == [0, 1]
+
+
+def test_paths_for_images_and_jpeg_masks(data, tmp_path):
+    X, y, masks = data
+    img_paths, mask_paths = [], []
+    for i in range(len(X)):
+        Image.fromarray(X[i]).save(tmp_path / f"{i}.png")
+        Image.fromarray(masks[i].astype(np.uint8) * 255).save(tmp_path / f"{i}_m.jpg",
+                                                              quality=70)
+        img_paths.append(str(tmp_path / f"{i}.png"))
+        mask_paths.append(str(tmp_path / f"{i}_m.jpg"))
+    mask_paths[0] = None
+    clf = UBCClassifier(**TINY, iterator_train__num_workers=0,
+                        iterator_valid__num_workers=0).fit(img_paths, y, masks=mask_paths)
+    assert clf.predict(img_paths).shape == (8,)
+    # JPEG masks are thresholded back to the exact square
+    got = clf.dice_score(X, [None] + mask_paths[1:], threshold=0.5)
+    assert 0 <= got <= 1
+    from sklearn_endo._images import check_images
+    from sklearn_endo.ubc._masks import check_masks
+
+    read = check_masks(mask_paths, check_images(img_paths)).get(1, (32, 32))[0].numpy()
+    np.testing.assert_array_equal(read.astype(bool), masks[1])
+
+
+def test_multiclass_masks_and_grey_input(data):
+    X, y, masks = data
+    labels = masks.astype(np.int64)
+    labels[:, :4, :4] = 2
+    grey = X.mean(-1).astype(np.uint8)  # (N, H, W)
+    clf = UBCClassifier(**dict(TINY, in_chans=1, n_mask_classes=3)).fit(grey, y, masks=labels)
+    pred = clf.predict_masks(grey)
+    assert pred.shape == (8, 32, 32) and pred.dtype == np.int64 and pred.max() <= 2
+    assert clf.predict_masks(grey, threshold=None).shape == (8, 3, 32, 32)
+
+
+def test_alpha_one_does_not_train_the_decoder_and_freeze_encoder(data):
+    X, y, masks = data
+    clf = UBCClassifier(**dict(TINY, alpha=1.0, warm_start=True)).fit(X, y, masks=masks)
+    dec = [p.detach().clone() for p in clf.module_.decoder_parameters]
+    enc = [p.detach().clone() for p in clf.module_.seg.encoder.parameters()]
+    clf.fit(X, y, masks=masks)
+    assert all(torch.equal(a, b) for a, b in zip(dec, clf.module_.decoder_parameters))
+    assert not all(torch.equal(a, b) for a, b in zip(enc, clf.module_.seg.encoder.parameters()))
+
+    clf = UBCClassifier(**dict(TINY, freeze_encoder=True, warm_start=True)).fit(X, y, masks=masks)
+    enc = [p.detach().clone() for p in clf.module_.seg.encoder.parameters()]
+    clf.fit(X, y, masks=masks)
+    assert all(torch.equal(a, b) for a, b in zip(enc, clf.module_.seg.encoder.parameters()))
+
+
+def test_reproducible_with_random_state_and_step_lr(data):
+    X, y, masks = data
+    a = UBCClassifier(**dict(TINY, max_epochs=6, batch_size=8)).fit(X, y, masks=masks)
+    b = UBCClassifier(**dict(TINY, max_epochs=6, batch_size=8)).fit(X, y, masks=masks)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    # paper's schedule: lr *= 0.9 every 5 epochs
+    assert a.optimizer_.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.9)
+
+
+class SpyUBC(UBCClassifier):
+    seen = []
+
+    def fit(self, X, y, masks=None, **fit_params):
+        SpyUBC.seen.append((X.copy(), None if masks is None else np.array(masks)))
+        return super().fit(X, y, masks=masks, **fit_params)
+
+
+def test_gridsearch_routes_masks_per_fold(data):
+    X, y, masks = data
+    X = X.copy()
+    X[:, 0, 0, 0] = np.arange(len(X))  # tag each image to find its mask
+    SpyUBC.seen.clear()
+    search = GridSearchCV(SpyUBC(**TINY), {"alpha": [0.5, 1.0]}, cv=KFold(2), refit=True)
+    search.fit(X, y, masks=masks)
+    assert len(SpyUBC.seen) == 2 * 2 + 1
+    for Xf, mf in SpyUBC.seen:
+        idx = Xf[:, 0, 0, 0]
+        assert len(Xf) in (4, 8)
+        np.testing.assert_array_equal(mf, masks[idx])
+    assert search.best_params_["alpha"] in (0.5, 1.0)
+
+    pipe = make_pipeline(FunctionTransformer(), UBCClassifier(**TINY))
+    pipe.fit(X, y, ubcclassifier__masks=list(masks))
+    res = cross_validate(UBCClassifier(**TINY), X, y, cv=2, params={"masks": masks})
+    assert len(res["test_score"]) == 2
+
+
+def test_clone_get_set_params():
+    clf = UBCClassifier(**dict(TINY, alpha=0.3, callbacks__lr_scheduler__gamma=0.5))
+    c = clone(clf)
+    assert c.get_params()["alpha"] == 0.3 and c is not clf
+    c.set_params(classes=[0, 1]).initialize()
+    assert dict(c.callbacks_)["lr_scheduler"].gamma == 0.5
+    c.set_params(alpha=0.7, lr=0.01)
+    assert (c.alpha, c.lr, clf.alpha) == (0.7, 0.01, 0.3)
+    assert clone(clf).device == "cpu" and UBCClassifier().device == "auto"
+
+
+def test_joblib_and_save_load_params(data, fitted, tmp_path):
+    X, _, _ = data
+    buf = io.BytesIO()
+    joblib.dump(fitted, buf)
+    buf.seek(0)
+    loaded = joblib.load(buf)
+    np.testing.assert_allclose(loaded.predict_proba(X), fitted.predict_proba(X), atol=1e-6)
+
+    fitted.save_params(f_params=tmp_path / "p.pt", f_history=tmp_path / "h.json")
+    new = UBCClassifier(**dict(TINY, classes=["normal", "polyp"])).initialize()
+    new.load_params(f_params=tmp_path / "p.pt", f_history=tmp_path / "h.json")
+    np.testing.assert_allclose(new.predict_proba(X), fitted.predict_proba(X), atol=1e-6)
+    assert new.predict(X[:1])[0] in ("normal", "polyp")
+
+
+def test_bad_input(data, fitted):
+    X, y, masks = data
+    clf = UBCClassifier(**TINY)
+    with pytest.raises(ValueError, match="masks has 7 masks but X has 8"):
+        clf.fit(X, y, masks=masks[:7])
+    with pytest.raises(ValueError, match="masks has 3 entries"):
+        clf.fit(X, y, masks=[None] * 3)
+    with pytest.raises(ValueError, match=r"masks\[0\] has size \(16, 16\)"):
+        clf.fit(X, y, masks=list(masks[:, :16, :16]))
+    with pytest.raises(ValueError, match="not a valid mask.*255"):
+        clf.fit(X, y, masks=masks.astype(np.uint8) * 255)
+    nan_masks = masks.astype(float)
+    nan_masks[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(X, y, masks=nan_masks)
+    nan_X = X / 255.0
+    nan_X[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(nan_X, y, masks=masks)
+    with pytest.raises(ValueError, match="single class"):
+        clf.fit(X, np.zeros(8, int), masks=masks)
+    with pytest.raises(ValueError, match="y has shape"):
+        clf.fit(X, y[:5], masks=masks)
+    with pytest.raises(ValueError, match="divisible"):
+        UBCClassifier(**dict(TINY, image_size=30)).fit(X, y, masks=masks)
+    with pytest.raises(ValueError, match="alpha"):
+        UBCClassifier(**dict(TINY, alpha=1.5)).fit(X, y, masks=masks)
+    with pytest.raises(ValueError, match="alpha=0"):
+        UBCClassifier(**dict(TINY, alpha=0.0)).fit(X, y)
+    with pytest.raises(ValueError, match="no labelled sample"):
+        clf.fit(X, np.full(8, -1), masks=masks)
+    with pytest.raises(ValueError, match="not seen in fit"):
+        fitted.score(X, np.array(["normal", "cancer"] * 4))
+    with pytest.raises(ValueError, match="not an encoder|neither"):
+        UBCClassifier(**dict(TINY, encoder="resnet_18")).fit(X, y, masks=masks)
+
+
+def test_no_masks_with_alpha_below_one_warns(data):
+    X, y, _ = data
+    with pytest.warns(NoMasksWarning, match="Dice term is 0"):
+        UBCClassifier(**TINY).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        UBCClassifier(**dict(TINY, alpha=1.0)).fit(X, y)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18"])
+def test_pretrained_offline_fails_fast_with_ways_out(data, monkeypatch, encoder):
+    X, y, masks = data
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(_model, "_hub_cached", lambda *a: False)
+    monkeypatch.setattr(_model, "_local_pretrained_file", lambda name: None)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="pretrained=False") as exc:
+        UBCClassifier(**dict(TINY, encoder=encoder, pretrained=True)).fit(X, y, masks=masks)
+    assert time.perf_counter() - start < 10
+    assert "resnet18" in str(exc.value)
