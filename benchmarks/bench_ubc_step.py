@@ -138,8 +138,8 @@ def memory(args):
         rec = json.loads(out.stdout.strip().splitlines()[-1])
         peak, before = rec["peak_rss_mb"], rec["before_fit_mb"]
         decoded = n * args.file_size ** 2 * 3 * 4 / 2**20
-        print(f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the "
-              f"RSS before fit (all images decoded as float: {decoded:7.1f} MB)")
+        print(f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the peak "
+              f"before fit (all images decoded as float: {decoded:7.1f} MB)")
 
 
 def main():

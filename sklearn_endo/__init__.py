@@ -7,12 +7,13 @@ protocols around them (layer sweeps, probes, CKA, clinical metrics).
 
 __version__ = "0.1.0"
 
-from . import datasets, inspection, metrics, plotting, probes
+from . import datasets, inspection, metrics, plotting, probes, ubc
 from ._encoders import WeightsUnavailableError
 from ._store import FeatureStore, clear_feature_store
 from ._sweep import LayerSweepResult, layer_sweep, layer_sweep_from_features
 from ._transformer import LayerFeatureTransformer
 from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
+from .ubc import UBCClassifier
 
 __all__ = [
     "FeatureStore",
@@ -21,6 +22,7 @@ __all__ = [
     "LayerSweepResult",
     "LinearProbeClassifier",
     "MultiLayerLinearProbe",
+    "UBCClassifier",
     "WeightsUnavailableError",
     "clear_feature_store",
     "datasets",
@@ -30,4 +32,5 @@ __all__ = [
     "metrics",
     "plotting",
     "probes",
+    "ubc",
 ]
