@@ -155,6 +155,19 @@ def test_batched_probe_heads_are_independent():
                                atol=BATCHED_ATOL)
 
 
+def test_batched_probe_float32_inputs_equal_float64_inputs():
+    """float32 features are not cast to float64 for training; the results are the same."""
+    feats, y = _layered_data()
+    params = dict(lr=1e-3, max_epochs=2, batch_size=7, random_state=0)
+    f32 = MultiLayerLinearProbe(**params).fit(feats, y)
+    f64 = MultiLayerLinearProbe(**params).fit({k: v.astype(np.float64) for k, v in feats.items()},
+                                              y)
+    for a, b, X in zip(f32.estimators_, f64.estimators_, feats.values()):
+        np.testing.assert_array_equal(a.coef_, b.coef_)
+        np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    np.testing.assert_array_equal(f32.loss_curve_, f64.loss_curve_)
+
+
 def test_batched_probe_input_errors():
     feats, y = _layered_data()
     probe = MultiLayerLinearProbe(max_epochs=1, random_state=0)

@@ -76,7 +76,10 @@ def test_cnn_every_block_matches_forward_hooks(images, name):
         h.remove()
     feats = t.layer_features(X[:4])
     for i, out in enumerate(seen):
-        np.testing.assert_allclose(feats[i + 1], out.amax((2, 3)), atol=1e-5)
+        want = out.amax((2, 3)).numpy()
+        # float32 noise grows with the activations of deep random-init blocks (up to ~30)
+        np.testing.assert_allclose(feats[i + 1], want, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, np.abs(want).max()))
 
 
 def test_resnet_stage_ends_match_forward_intermediates(images, tiny_cnn):

@@ -1,0 +1,195 @@
+"""Loaders for image datasets on disk: class-per-folder trees and Kvasir-SEG.
+
+They return file paths, never decoded images: estimators decode them lazily, batch by
+batch, so a dataset of any size fits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import Bunch
+
+__all__ = ["load_image_folder", "load_kvasir_seg", "load_mask"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def _check_dir(path, name="path"):
+    if not os.path.isdir(path):
+        raise ValueError(f"{name}={os.fspath(path)!r} is not a directory; pass the root "
+                         f"folder of the dataset.")
+    return Path(path)
+
+
+def _images_in(folder, extensions):
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in extensions
+                  and not p.name.startswith("."))
+
+
+def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
+    """Load a class-per-folder image dataset as file paths and labels.
+
+    The class of an image is the name of the folder that contains it, at any depth:
+    ``root/<class>/*.jpg`` (Kvasir v1/v2) and nested trees such as HyperKvasir's
+    ``labeled-images/<region>/<category>/<finding>/*.jpg`` (the class is the leaf
+    folder, e.g. ``"z-line"``) both work. Leaf names must be unique across the tree.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Root folder.
+    extensions : tuple of str, default=(".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+        File suffixes counted as images (case-insensitive).
+    return_X_y : bool, default=False
+        Return ``(filenames, target)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : Bunch
+        ``filenames`` (ndarray of str, sorted by class then path), ``target`` (int
+        ndarray), ``target_names`` (list of str, sorted), ``DESCR``.
+    (filenames, target) : tuple if ``return_X_y`` is True
+
+    Examples
+    --------
+    >>> from sklearn_endo.datasets import load_image_folder
+    >>> data = load_image_folder("kvasir-dataset-v2")  # doctest: +SKIP
+    >>> data.target_names[:2], data.filenames[0]  # doctest: +SKIP
+    (['dyed-lifted-polyps', 'dyed-resection-margins'], '.../dyed-lifted-polyps/0a...jpg')
+    """
+    root = _check_dir(path)
+    extensions = tuple(e.lower() for e in extensions)
+    by_class = {}
+    for folder, _, _ in os.walk(root):
+        folder = Path(folder)
+        if folder == root:
+            continue
+        files = _images_in(folder, extensions)
+        if files:
+            if folder.name in by_class:
+                raise ValueError(
+                    f"Two folders are both named {folder.name!r} ({by_class[folder.name][0]} "
+                    f"and {folder}); class names must be unique across the tree.")
+            by_class[folder.name] = (folder, files)
+    if not by_class:
+        loose = _images_in(root, extensions)
+        hint = (f" The {len(loose)} images directly in it need class subfolders."
+                if loose else "")
+        raise ValueError(f"No images with suffixes {extensions} found in class folders "
+                         f"under path={os.fspath(path)!r}.{hint}")
+    if len(by_class) < 2:
+        raise ValueError(f"path={os.fspath(path)!r} holds one class folder "
+                         f"({next(iter(by_class))!r}); a classification dataset needs at "
+                         f"least two.")
+    names = sorted(by_class)
+    filenames, target = [], []
+    for k, name in enumerate(names):
+        files = by_class[name][1]
+        filenames += [str(f) for f in files]
+        target += [k] * len(files)
+    filenames = np.asarray(filenames, dtype=object)
+    target = np.asarray(target, dtype=np.int64)
+    if return_X_y:
+        return filenames, target
+    counts = ", ".join(f"{n}: {int((target == k).sum())}" for k, n in enumerate(names))
+    return Bunch(filenames=filenames, target=target, target_names=names,
+                 DESCR=f"Image folder {os.fspath(path)!r}: {len(filenames)} images in "
+                       f"{len(names)} classes ({counts}).")
+
+
+def load_kvasir_seg(path, *, return_X_y=False):
+    """Load the Kvasir-SEG layout: ``images/*.jpg`` and ``masks/*.jpg`` of equal names.
+
+    Kvasir-SEG (Jha et al., MMM 2020) has 1000 polyp images of various sizes and their
+    masks, stored as 3-channel JPEGs with compression noise: read them with
+    :func:`load_mask` (a threshold) or pass the mask paths straight to
+    ``UBCClassifier.fit(..., masks=...)``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Folder that holds ``images/`` and ``masks/``.
+    return_X_y : bool, default=False
+        Return ``(filenames, mask_filenames)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : Bunch
+        ``filenames`` and ``mask_filenames`` (ndarrays of str, matching order), ``DESCR``.
+
+    Examples
+    --------
+    >>> from sklearn_endo.datasets import load_kvasir_seg, load_mask
+    >>> data = load_kvasir_seg("Kvasir-SEG")  # doctest: +SKIP
+    >>> load_mask(data.mask_filenames[0]).dtype  # doctest: +SKIP
+    dtype('bool')
+    """
+    root = _check_dir(path)
+    image_dir, mask_dir = root / "images", root / "masks"
+    for d in (image_dir, mask_dir):
+        if not d.is_dir():
+            raise ValueError(f"path={os.fspath(path)!r} has no {d.name}/ folder; Kvasir-SEG "
+                             f"keeps images in images/ and masks in masks/.")
+    images = _images_in(image_dir, IMAGE_EXTENSIONS)
+    if not images:
+        raise ValueError(f"No images found in {image_dir}.")
+    masks_by_stem = {p.stem: p for p in _images_in(mask_dir, IMAGE_EXTENSIONS)}
+    missing = [p.name for p in images if p.stem not in masks_by_stem]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) have no mask of the same name in "
+                         f"{mask_dir}, e.g. {missing[0]!r}.")
+    filenames = np.asarray([str(p) for p in images], dtype=object)
+    mask_filenames = np.asarray([str(masks_by_stem[p.stem]) for p in images], dtype=object)
+    if return_X_y:
+        return filenames, mask_filenames
+    return Bunch(filenames=filenames, mask_filenames=mask_filenames,
+                 DESCR=f"Kvasir-SEG at {os.fspath(path)!r}: {len(filenames)} images with "
+                       f"masks.")
+
+
+def load_mask(path_or_array, *, threshold=127):
+    """Read a binary mask, thresholding compression noise away.
+
+    Parameters
+    ----------
+    path_or_array : str, path-like, PIL image or ndarray
+        A mask file (e.g. a Kvasir-SEG JPEG, stored as 3-channel with noise around the
+        edges) or an image already in memory.
+    threshold : int, default=127
+        Grey values above it are foreground.
+
+    Returns
+    -------
+    mask : ndarray of shape (H, W), bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_endo.datasets import load_mask
+    >>> load_mask(np.array([[0, 3, 250], [255, 130, 90]], dtype=np.uint8))
+    array([[False, False,  True],
+           [ True,  True, False]])
+    """
+    from PIL import Image
+
+    if isinstance(path_or_array, (str, os.PathLike)):
+        try:
+            with Image.open(path_or_array) as img:
+                grey = np.asarray(img.convert("L"))
+        except OSError as exc:
+            raise ValueError(f"Mask file {os.fspath(path_or_array)!r} cannot be read "
+                             f"({exc}).") from None
+    elif hasattr(path_or_array, "convert"):
+        grey = np.asarray(path_or_array.convert("L"))
+    else:
+        arr = np.asarray(path_or_array)
+        if arr.ndim == 3:
+            arr = arr.mean(axis=-1)
+        if arr.ndim != 2:
+            raise ValueError(f"A mask must be (H, W) or (H, W, C); got shape {arr.shape}.")
+        grey = arr
+    return grey > threshold
