@@ -1,0 +1,154 @@
+"""Datasets: the synthetic generator and the folder loaders."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from sklearn_endo.datasets import (load_image_folder, load_kvasir_seg, load_mask,
+                                   make_lesions)
+
+
+def test_shapes_dtypes_and_balance():
+    X, y, masks = make_lesions(30, n_classes=3, image_size=48, return_masks=True,
+                               random_state=0)
+    assert X.shape == (30, 48, 48, 3) and X.dtype == np.uint8
+    assert masks.shape == (30, 48, 48) and masks.dtype == bool
+    assert np.bincount(y).tolist() == [10, 10, 10]
+    assert masks.any(axis=(1, 2)).all()  # appearance task: every image has a lesion
+    X2, y2 = make_lesions(30, n_classes=3, image_size=48, random_state=0)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(X, make_lesions(30, n_classes=3, image_size=48,
+                                              random_state=1)[0])
+
+
+def test_presence_task_masks():
+    X, y, masks = make_lesions(20, task="presence", n_distractors=3, return_masks=True,
+                               random_state=0)
+    has = masks.any(axis=(1, 2))
+    np.testing.assert_array_equal(has, y == 1)
+
+
+def test_distractors_change_the_image_but_not_the_mask():
+    a = make_lesions(6, n_distractors=0, return_masks=True, random_state=3)
+    b = make_lesions(6, n_distractors=3, return_masks=True, random_state=3)
+    assert not np.array_equal(a[0], b[0])
+    # the masks cover the lesion only: the same share of pixels whatever the clutter
+    assert abs(a[2].mean() - b[2].mean()) < 0.05
+
+
+def _stats(X, region):
+    feats = []
+    for img, reg in zip(X.astype(float) / 255, region):
+        px = img[reg]
+        lum = img.mean(-1)
+        gy, gx = np.gradient(lum)
+        edge = np.hypot(gx, gy)[reg]
+        feats.append([*px.mean(0), *px.std(0), edge.mean()])
+    return np.array(feats)
+
+
+def test_classes_differ_inside_the_lesion():
+    X, y, masks = make_lesions(120, n_classes=4, image_size=64, return_masks=True,
+                               random_state=0)
+    inside = cross_val_score(LogisticRegression(max_iter=2000), _stats(X, masks), y, cv=4)
+    assert inside.mean() > 0.7  # chance is 0.25
+
+
+def test_where_to_look_matters_with_distractors():
+    X, y, masks = make_lesions(160, task="presence", n_distractors=3, image_size=64,
+                               lesion_size=(0.15, 0.22), return_masks=True, random_state=0)
+    model = LogisticRegression(max_iter=2000)
+    whole = cross_val_score(model, _stats(X, np.ones_like(masks)), y, cv=4).mean()
+    # the same statistics where the lesion would be (a random lesion-sized disc for
+    # class 0, whose images have none) tell the classes apart far better
+    region = masks.copy()
+    rng = np.random.default_rng(0)
+    donors = np.flatnonzero(y == 1)
+    for i in np.flatnonzero(y == 0):
+        region[i] = masks[rng.choice(donors)]
+    there = cross_val_score(model, _stats(X, region), y, cv=4).mean()
+    assert whole < 0.75 and there > whole + 0.1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_samples": 0}, "n_samples"), ({"n_classes": 1}, "n_classes"),
+    ({"n_classes": 6}, "n_classes"), ({"image_size": 8}, "image_size"),
+    ({"lesion_size": (0.3, 0.2)}, "lesion_size"), ({"lesion_size": 0.2}, "lesion_size"),
+    ({"task": "shape"}, "task"), ({"task": "presence", "n_classes": 3}, "n_classes"),
+    ({"n_distractors": -1}, "n_distractors"), ({"noise": -0.1}, "noise"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_lesions(**{"n_samples": 4, **kwargs})
+
+
+def _write(path, color=(200, 50, 50), size=(20, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def test_load_image_folder_flat_and_nested(tmp_path):
+    for cls in ("polyps", "normal-z-line"):
+        for i in range(3):
+            _write(tmp_path / "flat" / cls / f"{i}.jpg")
+    (tmp_path / "flat" / "polyps" / "notes.txt").write_text("not an image")
+    data = load_image_folder(tmp_path / "flat")
+    assert data.target_names == ["normal-z-line", "polyps"]
+    assert data.filenames.shape == (6,) and data.target.tolist() == [0, 0, 0, 1, 1, 1]
+    assert all(f.endswith(".jpg") for f in data.filenames)
+    # HyperKvasir: labeled-images/<region>/<category>/<finding>/*.jpg
+    root = tmp_path / "labeled-images"
+    _write(root / "upper-gi-tract" / "anatomical-landmarks" / "z-line" / "a.jpg")
+    _write(root / "upper-gi-tract" / "pathological-findings" / "esophagitis-a" / "b.jpg")
+    _write(root / "lower-gi-tract" / "pathological-findings" / "polyps" / "c.png")
+    X, y = load_image_folder(root, return_X_y=True)
+    assert len(X) == 3 and sorted(y.tolist()) == [0, 1, 2]
+    names = load_image_folder(root).target_names
+    assert names == ["esophagitis-a", "polyps", "z-line"]
+
+
+def test_load_image_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        load_image_folder(tmp_path / "missing")
+    _write(tmp_path / "loose.jpg")
+    with pytest.raises(ValueError, match="need class subfolders"):
+        load_image_folder(tmp_path)
+    _write(tmp_path / "only" / "a.jpg")
+    with pytest.raises(ValueError, match="one class folder"):
+        load_image_folder(tmp_path)
+
+
+def test_load_kvasir_seg_and_noisy_jpeg_masks(tmp_path):
+    truth = np.zeros((40, 50), bool)
+    truth[10:30, 15:40] = True
+    (tmp_path / "masks").mkdir()
+    for name in ("a", "b"):
+        _write(tmp_path / "images" / f"{name}.jpg", size=(50, 40))
+        rgb = np.repeat((truth * 255).astype(np.uint8)[..., None], 3, axis=-1)
+        # 3-channel JPEG with compression noise, as Kvasir-SEG stores its masks
+        Image.fromarray(rgb).save(tmp_path / "masks" / f"{name}.jpg", quality=70)
+    data = load_kvasir_seg(tmp_path)
+    assert [p.split("/")[-1] for p in data.filenames] == ["a.jpg", "b.jpg"]
+    assert [p.split("/")[-1] for p in data.mask_filenames] == ["a.jpg", "b.jpg"]
+    raw = np.asarray(Image.open(data.mask_filenames[0]))
+    assert raw.ndim == 3 and len(np.unique(raw)) > 2  # compression noise is there
+    mask = load_mask(data.mask_filenames[0])
+    assert mask.dtype == bool and (mask == truth).mean() > 0.99
+    _write(tmp_path / "images" / "c.jpg")
+    with pytest.raises(ValueError, match="no mask of the same name.*c.jpg"):
+        load_kvasir_seg(tmp_path)
+    with pytest.raises(ValueError, match="has no images/ folder"):
+        load_kvasir_seg(tmp_path / "images")
+
+
+def test_load_mask_inputs(tmp_path):
+    arr = np.array([[0, 200], [255, 10]], np.uint8)
+    np.testing.assert_array_equal(load_mask(arr), [[False, True], [True, False]])
+    np.testing.assert_array_equal(load_mask(Image.fromarray(arr)), load_mask(arr))
+    with pytest.raises(ValueError, match="cannot be read"):
+        bad = tmp_path / "bad.jpg"
+        bad.write_bytes(b"nope")
+        load_mask(bad)
