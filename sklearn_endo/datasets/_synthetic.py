@@ -13,9 +13,9 @@ TASKS = ("appearance", "presence")
 # The surface patterns that decide the class (appearance task). Distractors are smooth.
 TEXTURES = ("pitted", "striped", "granular", "pale", "vascular")
 _TINTS = {  # RGB multipliers of the lesion surface per texture
-    "pitted": (1.00, 0.95, 0.95),
-    "striped": (0.95, 1.00, 1.05),
-    "granular": (1.05, 0.80, 0.80),
+    "pitted": (0.94, 0.74, 0.80),
+    "striped": (0.95, 1.02, 1.12),
+    "granular": (1.06, 0.78, 0.72),
     "pale": (1.10, 1.25, 1.20),
     "vascular": (0.90, 0.85, 0.95),
 }
@@ -200,7 +200,8 @@ def _dome(img, rng, xx, yy, spot, texture):
 
 def _texture(name, rng, xx, yy, r):
     """A multiplicative surface pattern of period a fraction of the lesion radius."""
-    period = r * rng.uniform(0.35, 0.5)
+    # at least 3 pixels, so that the pattern survives small images and resizing
+    period = max(r * rng.uniform(0.35, 0.5), 3.0 / xx.shape[0])
     phase = rng.uniform(0, 2 * np.pi, 2)
     angle = rng.uniform(0, np.pi)
     u = xx * np.cos(angle) + yy * np.sin(angle)
