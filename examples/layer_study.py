@@ -29,11 +29,9 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from sklearn_endo import LayerFeatureTransformer, layer_sweep  # noqa: E402
 from sklearn_endo.datasets import make_lesions  # noqa: E402
-from sklearn_endo.inspection import (confusion_asymmetry,  # noqa: E402
-                                     count_trainable_parameters)
+from sklearn_endo.inspection import confusion_asymmetry, count_trainable_parameters  # noqa: E402
 from sklearn_endo.metrics import classification_summary  # noqa: E402
-from sklearn_endo.plotting import (CKADisplay, ConfusionAsymmetryDisplay,  # noqa: E402
-                                   EmbeddingDisplay)
+from sklearn_endo.plotting import CKADisplay, ConfusionAsymmetryDisplay, EmbeddingDisplay  # noqa: E402
 
 
 def main():

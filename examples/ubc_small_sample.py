@@ -66,7 +66,7 @@ def run(args):
                 idx = draw(y_pool, per_class, np.random.default_rng(100 + seed))
                 clf = UBCClassifier(
                     args.encoder, pretrained=args.pretrained, image_size=args.image_size,
-                    max_epochs=args.epochs, batch_size=min(16, len(idx)), lr=args.lr,
+                    max_epochs=args.epochs, batch_size=min(args.batch_size, len(idx)), lr=args.lr,
                     random_state=seed, device=args.device, **cfg,
                 ).fit(X_pool[idx], y_pool[idx], masks=m_pool[idx])
                 hits = clf.predict(X_test) == y_test
@@ -140,6 +140,7 @@ def main():
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--pretrained", action="store_true")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="ubc_small_sample.png")
     args = ap.parse_args()

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from sklearn_endo.datasets import (load_image_folder, load_kvasir_seg, load_mask,
-                                   make_lesions)
+from sklearn_endo.datasets import load_image_folder, load_kvasir_seg, load_mask, make_lesions
 
 
 def test_shapes_dtypes_and_balance():
@@ -31,12 +31,18 @@ def test_presence_task_masks():
     np.testing.assert_array_equal(has, y == 1)
 
 
-def test_distractors_change_the_image_but_not_the_mask():
-    a = make_lesions(6, n_distractors=0, return_masks=True, random_state=3)
-    b = make_lesions(6, n_distractors=3, return_masks=True, random_state=3)
-    assert not np.array_equal(a[0], b[0])
-    # the masks cover the lesion only: the same share of pixels whatever the clutter
-    assert abs(a[2].mean() - b[2].mean()) < 0.05
+def test_mask_is_the_lesion_only_not_the_distractors():
+    size, (low, high) = 64, (0.12, 0.25)
+    X0 = make_lesions(8, n_distractors=0, random_state=3)[0]
+    X, y, masks = make_lesions(8, n_distractors=3, image_size=size, lesion_size=(low, high),
+                               return_masks=True, random_state=3)
+    assert not np.array_equal(X0, X)
+    for mask in masks:
+        # one blob of a lesion's size: none of the three distractors leaks in
+        assert ndimage.label(mask)[1] == 1
+        r_low, r_high = low * size / 2, high * size / 2
+        # the short axis is 0.7 to 1 times the long one; 1 px slack for rasterising
+        assert 0.7 * np.pi * (r_low - 1) ** 2 <= mask.sum() <= np.pi * (r_high + 1) ** 2
 
 
 def _stats(X, region):
@@ -71,6 +77,15 @@ def test_where_to_look_matters_with_distractors():
         region[i] = masks[rng.choice(donors)]
     there = cross_val_score(model, _stats(X, region), y, cv=4).mean()
     assert whole < 0.75 and there > whole + 0.1
+
+
+def test_distractors_hide_the_class_from_whole_image_statistics():
+    X, y, masks = make_lesions(160, n_classes=2, n_distractors=3, return_masks=True,
+                               random_state=0)
+    model = LogisticRegression(max_iter=2000)
+    inside = cross_val_score(model, _stats(X, masks), y, cv=4).mean()
+    whole = cross_val_score(model, _stats(X, np.ones_like(masks)), y, cv=4).mean()
+    assert inside > 0.85 and whole < 0.7  # measured about 0.96 and 0.56 over seeds
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -152,3 +167,37 @@ def test_load_mask_inputs(tmp_path):
         bad = tmp_path / "bad.jpg"
         bad.write_bytes(b"nope")
         load_mask(bad)
+
+
+def test_load_mask_arrays_match_files_and_bad_input(tmp_path):
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[2:5, 3:7] = (250, 240, 235)
+    rgb[0, 0] = (200, 10, 10)  # grey 67 with PIL's weights, 73 with a plain mean
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(load_mask(rgb), load_mask(tmp_path / "m.png"))
+    np.testing.assert_array_equal(load_mask(rgb, threshold=70),
+                                  load_mask(tmp_path / "m.png", threshold=70))
+    truth = rgb.any(-1) & (rgb[..., 1] > 100)
+    np.testing.assert_array_equal(load_mask(truth), truth)  # bool masks pass through
+    np.testing.assert_array_equal(load_mask(truth[..., None].repeat(3, -1)), truth)
+    np.testing.assert_array_equal(load_mask(truth * 255.0), truth)
+    assert not load_mask(np.zeros((4, 4))).any()
+    for bad, match in [(truth * 1.0, "float mask in \\[0, 1\\]"),
+                       (np.zeros((2, 4, 5)), "shape"), (np.zeros(5), "shape"),
+                       (np.full((2, 2), np.nan), "NaN"),
+                       (np.array([["a", "b"]]), "dtype")]:
+        with pytest.raises(ValueError, match=match):
+            load_mask(bad)
+    for threshold in (-1, 255, "127", True):
+        with pytest.raises(ValueError, match="threshold"):
+            load_mask(truth, threshold=threshold)
+
+
+def test_load_image_folder_skips_hidden_and_takes_bare_extensions(tmp_path):
+    for cls in ("a", "b"):
+        _write(tmp_path / cls / "x.PNG")
+        _write(tmp_path / cls / "y.jpg")
+    _write(tmp_path / ".ipynb_checkpoints" / "z.png")
+    data = load_image_folder(tmp_path, extensions="png")
+    assert data.target_names == ["a", "b"]
+    assert [f.split("/")[-2:] for f in data.filenames] == [["a", "x.PNG"], ["b", "x.PNG"]]

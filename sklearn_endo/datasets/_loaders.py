@@ -6,6 +6,7 @@ batch, so a dataset of any size fits.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sklearn.utils import Bunch
 __all__ = ["load_image_folder", "load_kvasir_seg", "load_mask"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+_L_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2 luma, as PIL's "L"
 
 
 def _check_dir(path, name="path"):
@@ -37,13 +39,17 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     ``root/<class>/*.jpg`` (Kvasir v1/v2) and nested trees such as HyperKvasir's
     ``labeled-images/<region>/<category>/<finding>/*.jpg`` (the class is the leaf
     folder, e.g. ``"z-line"``) both work. Leaf names must be unique across the tree.
+    Images lying directly in ``path`` and folders whose names start with ``"."`` are
+    not read. Fewer than two class folders is an error rather than a warning: it almost
+    always means ``path`` points one level too deep, and a classifier cannot be fitted.
+    Images are not decoded here: estimators read the paths lazily, batch by batch.
 
     Parameters
     ----------
     path : str or path-like
         Root folder.
     extensions : tuple of str, default=(".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-        File suffixes counted as images (case-insensitive).
+        File suffixes counted as images (case-insensitive; the dot is optional).
     return_X_y : bool, default=False
         Return ``(filenames, target)`` instead of a Bunch.
 
@@ -62,9 +68,14 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     (['dyed-lifted-polyps', 'dyed-resection-margins'], '.../dyed-lifted-polyps/0a...jpg')
     """
     root = _check_dir(path)
-    extensions = tuple(e.lower() for e in extensions)
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower()
+                       for e in extensions)
     by_class = {}
-    for folder, _, _ in os.walk(root):
+    for folder, subdirs, _ in os.walk(root):
+        # hidden folders (.ipynb_checkpoints, .cache) hold copies, not classes
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         folder = Path(folder)
         if folder == root:
             continue
@@ -84,7 +95,7 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     if len(by_class) < 2:
         raise ValueError(f"path={os.fspath(path)!r} holds one class folder "
                          f"({next(iter(by_class))!r}); a classification dataset needs at "
-                         f"least two.")
+                         f"least two: pass the folder that holds the class folders.")
     names = sorted(by_class)
     filenames, target = [], []
     for k, name in enumerate(names):
@@ -158,9 +169,11 @@ def load_mask(path_or_array, *, threshold=127):
     ----------
     path_or_array : str, path-like, PIL image or ndarray
         A mask file (e.g. a Kvasir-SEG JPEG, stored as 3-channel with noise around the
-        edges) or an image already in memory.
-    threshold : int, default=127
-        Grey values above it are foreground.
+        edges) or a mask already in memory: an array (H, W) or (H, W, C) of grey or
+        colour values in [0, 255] (colour is turned grey with PIL's ``"L"`` weights), or
+        a bool array, returned as it is.
+    threshold : float, default=127
+        Grey values above it are foreground; in [0, 255).
 
     Returns
     -------
@@ -176,6 +189,10 @@ def load_mask(path_or_array, *, threshold=127):
     """
     from PIL import Image
 
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not 0 <= threshold < 255):
+        raise ValueError(f"threshold={threshold!r} must be a number in [0, 255); grey "
+                         f"values above it are foreground (127 suits JPEG masks).")
     if isinstance(path_or_array, (str, os.PathLike)):
         try:
             with Image.open(path_or_array) as img:
@@ -183,13 +200,26 @@ def load_mask(path_or_array, *, threshold=127):
         except OSError as exc:
             raise ValueError(f"Mask file {os.fspath(path_or_array)!r} cannot be read "
                              f"({exc}).") from None
-    elif hasattr(path_or_array, "convert"):
-        grey = np.asarray(path_or_array.convert("L"))
-    else:
-        arr = np.asarray(path_or_array)
-        if arr.ndim == 3:
-            arr = arr.mean(axis=-1)
-        if arr.ndim != 2:
-            raise ValueError(f"A mask must be (H, W) or (H, W, C); got shape {arr.shape}.")
-        grey = arr
-    return grey > threshold
+        return grey > threshold
+    if hasattr(path_or_array, "convert"):
+        return np.asarray(path_or_array.convert("L")) > threshold
+    arr = np.asarray(path_or_array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        # the same grey as PIL's convert("L"), so arrays and files threshold alike
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3] @ _L_WEIGHTS
+    if arr.ndim != 2:
+        raise ValueError(f"path_or_array must be a mask of shape (H, W) or (H, W, C) with "
+                         f"C in (1, 3, 4); got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"path_or_array has dtype {arr.dtype}; pass a file path, a PIL "
+                         f"image or a numeric/bool array.")
+    if not np.isfinite(arr).all():
+        raise ValueError("path_or_array holds NaN or inf; a mask must be finite.")
+    if np.issubdtype(arr.dtype, np.floating) and 0 < arr.max() <= 1:
+        # a threshold of 127 would silently make such a mask empty
+        raise ValueError(f"path_or_array looks like a float mask in [0, 1] (max "
+                         f"{arr.max():g}), but grey values in [0, 255] are expected; pass "
+                         f"`mask > 0.5` or `mask * 255`.")
+    return arr > threshold
