@@ -6,10 +6,11 @@ layer by CV log-loss, a t-SNE of the best layer's embeddings, the confusion matr
 its per-pair asymmetry table, the CKA heatmap between layers, and the trainable-parameter
 count of the final pipeline.
 
-Offline it uses a ViT with random weights (``--encoder vit_small_patch16_224``), or the
-ImageNet-pretrained EfficientNet-Lite0 shipped by the ``lite0`` extra
-(``--encoder tf_efficientnet_lite0 --pretrained``). Online, the same code takes any timm
-encoder with pretrained weights (e.g. ``--encoder vit_large_patch16_224 --pretrained``).
+By default it studies a ViT-S/16 with random weights, which works offline. Online, the
+same code takes pretrained weights (``--pretrained``, e.g. ``--encoder
+vit_large_patch16_224 --pretrained`` for the paper's ViT-L); offline, the ``lite0``
+extra gives a real ImageNet-pretrained CNN (``--encoder tf_efficientnet_lite0
+--pretrained``).
 
 Run: ``python examples/layer_study.py --out-dir study``
 """
@@ -37,7 +38,7 @@ from sklearn_endo.plotting import CKADisplay, ConfusionAsymmetryDisplay, Embeddi
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="tf_efficientnet_lite0")
+    ap.add_argument("--encoder", default="vit_small_patch16_224")
     ap.add_argument("--pretrained", action="store_true")
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--n-samples", type=int, default=300)
@@ -52,7 +53,8 @@ def main():
 
     X, y = make_lesions(args.n_samples, n_classes=args.n_classes, image_size=96,
                         random_state=args.random_state)
-    names = np.array(["smooth", "pitted", "striped", "pale", "red"][:args.n_classes])
+    # make_lesions' lesion patterns, in class order
+    names = np.array(["pitted", "striped", "granular", "pale", "vascular"][:args.n_classes])
     y = names[y]
     transformer = LayerFeatureTransformer(args.encoder, pretrained=args.pretrained,
                                           img_size=args.img_size).fit(X)
@@ -65,9 +67,11 @@ def main():
         if args.probe == "batched-linear" else None
     sweep = layer_sweep(X, y, transformer, probe=args.probe, probe_params=probe_params,
                         cv=cv, random_state=args.random_state)
-    print(sweep)
-    frame = sweep.to_frame()
-    print(frame.to_string() if hasattr(frame, "to_string") else frame)
+    print(f"\n{'layer':>5}  {'accuracy':>13}  {'macro-F1':>13}  {'log-loss':>13}")
+    for i, layer in enumerate(sweep.layers):
+        print(f"{layer:>5}  " + "  ".join(
+            f"{sweep.mean(m)[i]:.3f} +- {sweep.std(m)[i]:.3f}"
+            for m in ("accuracy", "f1_macro", "log_loss")))
     best = sweep.best_layer_
     print(f"best layer by CV log-loss: {best} ({transformer.layer_names_[best]}); "
           f"extraction {sweep.extraction_seconds_:.1f} s, probes {sweep.probe_seconds_:.1f} s")
@@ -78,7 +82,10 @@ def main():
     # 2. the best layer: embeddings, errors, clinical summary -------------------------
     feats = transformer.layer_features(X)
     best_feats = feats[best]
-    emb = EmbeddingDisplay.from_features(best_feats, y, method="tsne",
+    # standardized, as the probe sees them: raw channels of very different scales would
+    # dominate the distances
+    emb = EmbeddingDisplay.from_features(StandardScaler().fit_transform(best_feats), y,
+                                         method="tsne",
                                          random_state=args.random_state)
     emb.ax_.set_title(f"t-SNE of layer {best}")
     emb.figure_.savefig(os.path.join(args.out_dir, "tsne_best_layer.png"), dpi=120,
