@@ -9,15 +9,13 @@ encoders on the same images.
 
 from ._cka import cka_matrix, linear_cka, minibatch_cka, rbf_cka
 from ._clinical import (
-    AccuracyCI,
-    accuracy_ci,
     classification_summary,
     quadratic_weighted_kappa,
     sensitivity_score,
     specificity_score,
-    wilson_interval,
 )
 from ._dice import dice_score
+from ._intervals import AccuracyCI, accuracy_ci, wilson_interval
 from ._scorer import get_scorers, sensitivity_scorer, specificity_scorer
 
 __all__ = [

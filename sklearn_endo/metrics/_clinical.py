@@ -7,10 +7,8 @@ else here is a thin layer over :mod:`sklearn.metrics` so that numbers match it.
 
 import numbers
 import warnings
-from collections import namedtuple
 
 import numpy as np
-from scipy.stats import norm
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     cohen_kappa_score,
@@ -19,61 +17,24 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from sklearn.utils import Bunch, check_consistent_length, column_or_1d
-from sklearn.utils.multiclass import type_of_target, unique_labels
+from sklearn.utils import Bunch, column_or_1d
+from sklearn.utils.multiclass import unique_labels
+
+from ._checks import _check_confidence, _check_targets
+from ._intervals import accuracy_ci
 
 __all__ = [
-    "AccuracyCI",
-    "accuracy_ci",
     "classification_summary",
     "quadratic_weighted_kappa",
     "sensitivity_score",
     "specificity_score",
-    "wilson_interval",
 ]
 
 _AVERAGES = (None, "binary", "micro", "macro", "weighted")
 
-AccuracyCI = namedtuple("AccuracyCI", ["accuracy", "low", "high"])
-AccuracyCI.__doc__ = """Accuracy with its Wilson score confidence interval.
-
-Fields
-------
-accuracy : float
-    Fraction of correct predictions.
-low, high : float
-    Bounds of the Wilson score interval at the requested confidence.
-"""
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_targets(y_true, y_pred):
-    """Return 1-D label arrays of a binary or multiclass task, or raise ValueError."""
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if y.ndim == 0 or y.size == 0:
-            raise ValueError(
-                f"{name} must be a non-empty 1-D array of class labels, got {y!r}. "
-                "Pass one label per sample."
-            )
-        if y.ndim == 2 and y.shape[1] > 1:
-            raise ValueError(
-                f"{name} has shape {y.shape}: multilabel or one-hot targets are not "
-                "supported. Pass one class label per sample, e.g. y.argmax(axis=1)."
-            )
-    check_consistent_length(y_true, y_pred)
-    y_true = column_or_1d(y_true)
-    y_pred = column_or_1d(y_pred)
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        kind = type_of_target(y, input_name=name)
-        if kind not in ("binary", "multiclass"):
-            raise ValueError(
-                f"{name} must hold class labels (binary or multiclass), but its type is "
-                f"{kind!r}. Pass predicted labels (estimator.predict), not scores."
-            )
-    return y_true, y_pred
-
 
 def _check_average(average):
     if average not in _AVERAGES:
@@ -95,13 +56,6 @@ def _check_zero_division(zero_division):
         f"zero_division must be 'warn', 0.0, 1.0 or np.nan, got {zero_division!r}."
     )
 
-
-def _check_confidence(confidence):
-    if not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
-        raise ValueError(
-            f"confidence must be a float strictly between 0 and 1, got {confidence!r}. "
-            "Use e.g. confidence=0.95 for a 95% interval."
-        )
 
 
 def _resolve_labels(y_true, y_pred, *, average, pos_label, labels):
@@ -317,122 +271,6 @@ def specificity_score(
     return float(np.average(values[keep], weights=weights))
 
 
-# ------------------------------------------------------------- confidence intervals
-def wilson_interval(successes, n, *, confidence=0.95):
-    """Wilson score confidence interval for a binomial proportion.
-
-    Unlike the normal-approximation (Wald) interval, the Wilson interval stays inside
-    [0, 1] and keeps close to its nominal coverage for the small test sets and
-    extreme proportions (sensitivity near 1) common in medical imaging. With
-    :math:`\\hat p = k / n` and :math:`z` the standard-normal quantile at
-    ``(1 + confidence) / 2``::
-
-        center = (p + z**2 / (2 n)) / (1 + z**2 / n)
-        half   = z / (1 + z**2 / n) * sqrt(p (1 - p) / n + z**2 / (4 n**2))
-
-    Parameters
-    ----------
-    successes : int, float or array-like
-        Number of successes k (e.g. correct predictions), ``0 <= k <= n``.
-
-    n : int, float or array-like
-        Number of trials; must be positive. Broadcast against ``successes``.
-
-    confidence : float, default=0.95
-        Confidence level, strictly between 0 and 1.
-
-    Returns
-    -------
-    low, high : float or ndarray
-        Interval bounds; arrays when the inputs are arrays.
-
-    See Also
-    --------
-    accuracy_ci : Accuracy with its Wilson interval.
-
-    References
-    ----------
-    E. B. Wilson (1927). "Probable inference, the law of succession, and statistical
-    inference". Journal of the American Statistical Association 22(158):209-212.
-
-    Examples
-    --------
-    >>> from sklearn_endo.metrics import wilson_interval
-    >>> low, high = wilson_interval(8, 10)
-    >>> print(f"{low:.4f} {high:.4f}")
-    0.4902 0.9433
-    >>> low, high = wilson_interval([0, 5], [10, 10])
-    >>> low.round(4), high.round(4)
-    (array([0.    , 0.2366]), array([0.2775, 0.7634]))
-    """
-    _check_confidence(confidence)
-    k = np.asarray(successes, dtype=float)
-    n_arr = np.asarray(n, dtype=float)
-    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(n_arr))):
-        raise ValueError(
-            f"successes and n must be finite, got successes={successes!r}, n={n!r}."
-        )
-    if np.any(n_arr <= 0):
-        raise ValueError(
-            f"n must be positive, got n={n!r}. An interval needs at least one trial."
-        )
-    if np.any(k < 0) or np.any(k > n_arr):
-        raise ValueError(
-            f"successes must satisfy 0 <= successes <= n, got successes={successes!r} "
-            f"and n={n!r}."
-        )
-    z = norm.ppf(0.5 + confidence / 2.0)
-    p = k / n_arr
-    denominator = 1.0 + z**2 / n_arr
-    center = (p + z**2 / (2.0 * n_arr)) / denominator
-    half = z / denominator * np.sqrt(p * (1.0 - p) / n_arr + z**2 / (4.0 * n_arr**2))
-    # exact at the ends (the formula gives 0 and 1 there, up to rounding)
-    low = np.where(k == 0, 0.0, np.clip(center - half, 0.0, 1.0))
-    high = np.where(k == n_arr, 1.0, np.clip(center + half, 0.0, 1.0))
-    if low.ndim == 0:
-        return float(low), float(high)
-    return low, high
-
-
-def accuracy_ci(y_true, y_pred, *, confidence=0.95):
-    """Accuracy with its Wilson score confidence interval.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_samples,)
-        True class labels.
-
-    y_pred : array-like of shape (n_samples,)
-        Predicted class labels.
-
-    confidence : float, default=0.95
-        Confidence level, strictly between 0 and 1.
-
-    Returns
-    -------
-    result : AccuracyCI
-        Named tuple ``(accuracy, low, high)``.
-
-    See Also
-    --------
-    wilson_interval : The interval used here.
-
-    Examples
-    --------
-    >>> from sklearn_endo.metrics import accuracy_ci
-    >>> acc, low, high = accuracy_ci([0, 1, 1, 0, 1, 1, 0, 1, 1, 0],
-    ...                              [0, 1, 1, 0, 1, 1, 0, 1, 0, 1])
-    >>> print(f"{acc:.2f} [{low:.3f}, {high:.3f}]")
-    0.80 [0.490, 0.943]
-    """
-    _check_confidence(confidence)
-    y_true, y_pred = _check_targets(y_true, y_pred)
-    n_correct = int(np.sum(y_true == y_pred))
-    low, high = wilson_interval(n_correct, y_true.shape[0], confidence=confidence)
-    return AccuracyCI(n_correct / y_true.shape[0], low, high)
-
-
-# ------------------------------------------------------------------------------ QWK
 def quadratic_weighted_kappa(y_true, y_pred, *, labels=None, sample_weight=None):
     """Quadratic weighted Cohen's kappa for ordinal grades.
 
