@@ -62,7 +62,7 @@ def run(args):
     for per_class in args.sizes:
         for name, cfg in MODELS.items():
             correct, accs, dices, start = 0, [], [], time.perf_counter()
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 idx = draw(y_pool, per_class, np.random.default_rng(100 + seed))
                 clf = UBCClassifier(
                     args.encoder, pretrained=args.pretrained, image_size=args.image_size,
@@ -131,6 +131,8 @@ def main():
     ap = argparse.ArgumentParser(description="UBC small-sample experiment")
     ap.add_argument("--sizes", type=int, nargs="+", default=[2, 5, 10, 20, 50])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="run seeds first_seed .. first_seed + seeds - 1")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--n-pool", type=int, default=400)
