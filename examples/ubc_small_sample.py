@@ -34,7 +34,7 @@ from sklearn_endo.metrics import wilson_interval
 from sklearn_endo.ubc import UBCClassifier
 
 MODELS = {
-    "baseline": dict(alpha=1.0, pooling="avg"),
+    "baseline": dict(alpha=1.0, pooling="avg"),  # what pooling="auto" gives at alpha=1
     "ubc-avg": dict(alpha=0.5, pooling="avg"),
     "ubc-mask": dict(alpha=0.5, pooling="mask"),
 }

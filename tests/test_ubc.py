@@ -244,3 +244,18 @@ def test_pretrained_offline_fails_fast_with_ways_out(data, monkeypatch, encoder)
         UBCClassifier(**dict(TINY, encoder=encoder, pretrained=True)).fit(X, y, masks=masks)
     assert time.perf_counter() - start < 10
     assert "resnet18" in str(exc.value)
+
+
+def test_pooling_auto_is_mask_guided_unless_alpha_is_one(data):
+    X, y, masks = data
+    from sklearn_endo.ubc._model import MaskGuidedHead
+
+    guided = UBCClassifier(**TINY).fit(X, y, masks=masks)
+    assert guided.pooling_ == "mask"
+    assert any(isinstance(m, MaskGuidedHead) for m in guided.module_.modules())
+    plain = UBCClassifier(**{**TINY, "alpha": 1.0}).fit(X, y, masks=masks)
+    assert plain.pooling_ == "avg"
+    assert not any(isinstance(m, MaskGuidedHead) for m in plain.module_.modules())
+    assert UBCClassifier(**{**TINY, "pooling": "avg"}).fit(X, y, masks=masks).pooling_ == "avg"
+    with pytest.raises(ValueError, match="pooling='max' must be 'auto'"):
+        UBCClassifier(**{**TINY, "pooling": "max"}).fit(X, y, masks=masks)

@@ -91,11 +91,18 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         smp decoder architecture: ``"unet"``, ``"fpn"``, ``"unetplusplus"``, ...
     alpha : float in [0, 1], default=0.5
         Weight of the classification term; ``1 - alpha`` weighs the Dice term.
-    pooling : {"avg", "mask"}, default="avg"
+    pooling : {"auto", "mask", "avg"}, default="auto"
         Class head input. ``"avg"``: global average of the deepest features (the
         paper). ``"mask"``: that average concatenated with the average weighted by the
         predicted mask (mask-guided pooling; the mask is detached, so the decoder is
-        trained by the Dice term only).
+        trained by the Dice term only). ``"auto"``: ``"mask"`` when ``alpha < 1`` and
+        ``"avg"`` when ``alpha == 1``, so that ``alpha=1`` stays the plain classifier.
+        Mask-guided pooling is the default because it measured better: on
+        ``make_lesions(task="presence", n_distractors=3)`` with 50 images per class
+        (resnet18 from scratch, 64 px, 40 epochs, 8 seeds, 200 test images) test
+        accuracy was 0.84 against 0.73 for average pooling and 0.61 for ``alpha=1``
+        (``examples/ubc_small_sample.py``); with 20 or fewer per class all three were
+        at chance.
     pretrained : bool, default=True
         Start from ImageNet encoder weights. Offline and without cached weights this
         raises :class:`~sklearn_endo._encoders.WeightsUnavailableError` at once; use
@@ -154,6 +161,8 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         Class labels.
     module_ : UBCNet
         The trained network.
+    pooling_ : {"avg", "mask"}
+        The class-head pooling in use (``pooling`` with ``"auto"`` resolved).
     history_ : skorch.history.History
         Per-epoch and per-batch records.
 
@@ -177,7 +186,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     """
 
     def __init__(self, encoder="resnet34", *, architecture="unet", alpha=0.5,
-                 pooling="avg", pretrained=True, freeze_encoder=False, in_chans=3,
+                 pooling="auto", pretrained=True, freeze_encoder=False, in_chans=3,
                  image_size=256, encoder_depth=5, n_mask_classes=1, dice_smooth=1.0,
                  dropout=0.0, unlabeled=-1, classes=None, random_state=None,
                  module=UBCNet, criterion=UBCLoss, optimizer=torch.optim.Adam, lr=1e-3,
@@ -228,13 +237,16 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
                 )
             self.classes_ = np.asarray(self.classes)
         self._check_settings(warn=False)
+        self.pooling_ = self.pooling
+        if self.pooling == "auto":
+            self.pooling_ = "avg" if self.alpha == 1 else "mask"
         weights = pretrained_kwargs(self.encoder, self.pretrained)
         kwargs = dict(
             encoder=self.encoder, n_classes=len(self.classes_),
             architecture=self.architecture, encoder_depth=self.encoder_depth,
             encoder_weights=weights.pop("encoder_weights"), encoder_kwargs=weights,
             in_chans=self.in_chans, n_mask_classes=self.n_mask_classes,
-            pooling=self.pooling, dropout=self.dropout,
+            pooling=self.pooling_, dropout=self.dropout,
         )
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
@@ -396,8 +408,9 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     def _check_settings(self, warn=True):
         if not isinstance(self.alpha, numbers.Real) or not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha!r} must be a number in [0, 1].")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} must be one of {POOLINGS}.")
+        if self.pooling != "auto" and self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} must be 'auto' or one of "
+                             f"{POOLINGS}.")
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans={self.in_chans!r} must be 1 (grey) or 3 (colour).")
         if self.encoder_depth not in (3, 4, 5):
