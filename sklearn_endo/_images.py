@@ -181,27 +181,40 @@ def _check_mixed(channels, first, name):
         )
 
 
+_PATH_CHANNELS = {}  # (path, size, mtime) -> channels of a file already checked
+
+
 def _check_paths(paths, name):
     """Check that files exist and are images, reading headers only (no decoding)."""
     from PIL import Image, UnidentifiedImageError
 
-    missing = [os.fspath(p) for p in paths if not os.path.isfile(p)]
+    keys, missing = [], []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            keys.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            missing.append(os.fspath(p))
     if missing:
         raise ValueError(
             f"{name} names {len(missing)} file(s) that do not exist, e.g. {missing[0]!r}. "
             f"Check the paths (relative paths are resolved against {os.getcwd()!r})."
         )
     channels, first = set(), {}
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as img:  # reads the header only
-                c = _pil_mode_channels(_decoded_mode(img.mode), f"[{i}] ({os.fspath(p)!r})",
-                                       name)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(
-                f"{name}[{i}] = {os.fspath(p)!r} cannot be read as an image ({exc}). "
-                f"Remove it or replace it with a valid image file."
-            ) from None
+    for i, (p, key) in enumerate(zip(paths, keys)):
+        # a search checks the same files once per candidate and fold: remember them
+        c = _PATH_CHANNELS.get(key)
+        if c is None:
+            try:
+                with Image.open(p) as img:  # reads the header only
+                    c = _pil_mode_channels(_decoded_mode(img.mode),
+                                           f"[{i}] ({os.fspath(p)!r})", name)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ValueError(
+                    f"{name}[{i}] = {os.fspath(p)!r} cannot be read as an image ({exc}). "
+                    f"Remove it or replace it with a valid image file."
+                ) from None
+            _PATH_CHANNELS[key] = c
         channels.add(c)
         first.setdefault(c, i)
     _check_mixed(channels, first, name)
