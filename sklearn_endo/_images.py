@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_INTERPOLATION = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")  # timm's others fall back to bilinear
 
 
 @dataclass
@@ -295,7 +295,7 @@ def to_chw_float(arr):
     if t.ndim == 2:
         t = t[:, :, None]
     t = t.permute(2, 0, 1)
-    t = t.float().div_(255.0) if arr.dtype != np.float32 and arr.dtype.kind != "f" else t.float()
+    t = t.float() if arr.dtype.kind == "f" else t.float().div_(255.0)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     return t
@@ -308,7 +308,7 @@ def resize_image(t, size, *, interpolation="bicubic", crop_pct=None):
     did); with a float, the shorter side is resized to ``size / crop_pct`` and the centre
     is cropped, as timm's evaluation transform does.
     """
-    mode = _INTERPOLATION[interpolation] if interpolation in _INTERPOLATION else "bilinear"
+    mode = interpolation if interpolation in _INTERPOLATIONS else "bilinear"
     h, w = size
     kw = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
     if crop_pct is None:
