@@ -372,30 +372,29 @@ def _local_pretrained_file(name):
 def _check_reachable(name, timeout=3.0):
     """Fail fast, with the ways out, when the weights cannot be downloaded."""
     cfg = _pretrained_cfg(name)
-    hosts = []
-    if cfg is not None and getattr(cfg, "hf_hub_id", None):
-        try:
-            from huggingface_hub import constants
-
-            if getattr(constants, "HF_HUB_OFFLINE", False):
-                hosts = []
-                reason = "HF_HUB_OFFLINE is set"
-                _raise_unavailable(name, reason)
-            hosts.append(urlparse(constants.ENDPOINT).hostname)
-        except ImportError:
-            pass
-    if cfg is not None and getattr(cfg, "url", None):
-        hosts.append(urlparse(cfg.url).hostname)
     if cfg is None:
         _raise_unavailable(name, "timm has no pretrained weights registered for it")
+    hosts = []
+    if getattr(cfg, "hf_hub_id", None):
+        try:
+            from huggingface_hub import constants
+        except ImportError:
+            constants = None
+        if constants is not None:
+            if getattr(constants, "HF_HUB_OFFLINE", False):
+                _raise_unavailable(name, "HF_HUB_OFFLINE is set")
+            hosts.append(urlparse(constants.ENDPOINT).hostname)
+    if getattr(cfg, "url", None):
+        hosts.append(urlparse(cfg.url).hostname)
+    failures = []
     for host in filter(None, hosts):
         try:
             socket.create_connection((host, 443), timeout=timeout).close()
             return
         except OSError as exc:
-            reason = f"{host} cannot be reached: {exc}"
-    if hosts:
-        _raise_unavailable(name, reason)
+            failures.append(f"{host} cannot be reached: {exc}")
+    if failures:
+        _raise_unavailable(name, "; ".join(failures))
 
 
 def _raise_unavailable(name, reason):

@@ -15,6 +15,7 @@ cannot be read or has the wrong shape is treated as missing and recomputed.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -42,6 +43,7 @@ class FeatureStore:
         self.max_bytes = int(max_bytes)
         self.directory = directory
         self._mem = OrderedDict()
+        self._layouts = {}  # namespace -> [(layer, pooling, dim)] of its vectors
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -57,8 +59,27 @@ class FeatureStore:
     def clear(self):
         with self._lock:
             self._mem.clear()
+            self._layouts.clear()
             self._bytes = 0
             self.hits = self.misses = 0
+
+    def get_layout(self, namespace):
+        """What each stored vector of ``namespace`` holds, or None if nothing yet."""
+        layout = self._layouts.get(namespace)
+        if layout is None and self.directory is not None:
+            try:
+                with open(os.path.join(self.directory, namespace, "layout.json")) as f:
+                    layout = [tuple(item) for item in json.load(f)]
+            except (OSError, ValueError):
+                return None
+            self._layouts[namespace] = layout
+        return layout
+
+    def put_layout(self, namespace, layout):
+        self._layouts[namespace] = [tuple(item) for item in layout]
+        if self.directory is not None:
+            _atomic_write(os.path.join(self.directory, namespace, "layout.json"),
+                          lambda f: f.write(json.dumps([list(i) for i in layout]).encode()))
 
     def _path(self, namespace, key):
         return os.path.join(self.directory, namespace, key[:2], key + ".npy")
@@ -123,20 +144,25 @@ class FeatureStore:
         return vec
 
     def _write(self, namespace, key, vec):
-        path = self._path(namespace, key)
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        _atomic_write(self._path(namespace, key),
+                      lambda f: np.save(f, vec, allow_pickle=False))
+
+
+def _atomic_write(path, write):
+    """Write a file through a temp file and a rename: readers see all of it or none."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, vec, allow_pickle=False)
-            os.replace(tmp, path)  # atomic: readers see the old entry or the whole new one
-        except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-            raise
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 _STORES = {}

@@ -327,7 +327,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
 
         store = get_store(self.feature_store)
         ns = self._namespace(handle)
-        layout = _LAYOUTS.get(ns) or _read_layout(store, ns)
+        layout = store.get_layout(ns)
         keys = image_hashes(images)
         rows = store.get(ns, keys, offsets(layout)[1]) if layout else [None] * len(keys)
         todo = {}
@@ -338,13 +338,13 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
             feats = self._extract(handle, images, list(todo.values()),
                                   range(handle.n_layers + 1), False)
             if layout is None:
-                layout = _LAYOUTS.setdefault(ns, layout_of(feats))
-                _write_layout(store, ns, layout)
+                layout = layout_of(feats)
+                store.put_layout(ns, layout)
             packed = pack(feats, layout)
             store.put(ns, list(todo), packed)
             fresh = dict(zip(todo, packed))
             rows = [fresh[k] if r is None else r for k, r in zip(keys, rows)]
-        _LAYOUTS.setdefault(ns, layout)
+        _LAYOUTS.setdefault(ns, layout)  # for get_feature_names_out
         table = np.stack(rows)
         spans, _ = offsets(layout)
         return {la: np.concatenate([table[:, slice(*spans[(la, p)])] for p in poolings],
@@ -354,30 +354,3 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
 def _concat(feats, layer, poolings):
     return np.concatenate([feats[(layer, p)] for p in poolings], axis=1)
 
-
-def _layout_path(store, ns):
-    return os.path.join(store.directory, ns, "layout.json")
-
-
-def _read_layout(store, ns):
-    if store.directory is None:
-        return None
-    try:
-        with open(_layout_path(store, ns)) as f:
-            layout = [tuple(item) for item in json.load(f)]
-    except (OSError, ValueError):
-        return None
-    return _LAYOUTS.setdefault(ns, layout)
-
-
-def _write_layout(store, ns, layout):
-    if store.directory is None:
-        return
-    import tempfile
-
-    folder = os.path.join(store.directory, ns)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump([list(item) for item in layout], f)
-    os.replace(tmp, _layout_path(store, ns))

@@ -201,3 +201,10 @@ def test_load_image_folder_skips_hidden_and_takes_bare_extensions(tmp_path):
     data = load_image_folder(tmp_path, extensions="png")
     assert data.target_names == ["a", "b"]
     assert [f.split("/")[-2:] for f in data.filenames] == [["a", "x.PNG"], ["b", "x.PNG"]]
+
+
+def test_load_mask_reads_zero_one_png_as_is(tmp_path):
+    arr = np.zeros((6, 6), np.uint8)
+    arr[1:4, 2:5] = 1
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.png"), arr.astype(bool))

@@ -173,7 +173,8 @@ def load_mask(path_or_array, *, threshold=127):
         colour values in [0, 255] (colour is turned grey with PIL's ``"L"`` weights), or
         a bool array, returned as it is.
     threshold : float, default=127
-        Grey values above it are foreground; in [0, 255).
+        Grey values above it are foreground; in [0, 255). Files and PIL images that
+        hold only 0 and 1 (masks saved as 0/1 PNGs) are read as they are.
 
     Returns
     -------
@@ -200,9 +201,9 @@ def load_mask(path_or_array, *, threshold=127):
         except OSError as exc:
             raise ValueError(f"Mask file {os.fspath(path_or_array)!r} cannot be read "
                              f"({exc}).") from None
-        return grey > threshold
+        return _threshold_grey(grey, threshold)
     if hasattr(path_or_array, "convert"):
-        return np.asarray(path_or_array.convert("L")) > threshold
+        return _threshold_grey(np.asarray(path_or_array.convert("L")), threshold)
     arr = np.asarray(path_or_array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -223,3 +224,10 @@ def load_mask(path_or_array, *, threshold=127):
                          f"{arr.max():g}), but grey values in [0, 255] are expected; pass "
                          f"`mask > 0.5` or `mask * 255`.")
     return arr > threshold
+
+
+def _threshold_grey(grey, threshold):
+    # a 0/1 PNG mask would be all background after a threshold meant for 0/255
+    if grey.max(initial=0) <= 1:
+        return grey.astype(bool)
+    return grey > threshold

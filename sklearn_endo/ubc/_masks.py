@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datasets import load_mask
+
 
 @dataclass
 class Masks:
@@ -65,22 +67,22 @@ def _as_array(item):
 
 
 def _read_mask_file(path, n_mask_classes):
+    if n_mask_classes == 1:
+        return load_mask(path)
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             arr = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I") else img)
     except OSError as exc:
-        raise ValueError(f"Mask file {os.fspath(path)!r} cannot be decoded ({exc}).") from None
-    if n_mask_classes > 1:  # label maps must be stored losslessly (PNG)
-        if arr.max(initial=0) >= n_mask_classes:
-            raise ValueError(
-                f"Mask file {os.fspath(path)!r} holds label {int(arr.max())}, but "
-                f"n_mask_classes={n_mask_classes} allows 0..{n_mask_classes - 1}. Save "
-                f"label maps as PNG (not JPEG) or raise n_mask_classes."
-            )
-        return arr
-    return arr > (0 if arr.max(initial=0) <= 1 else 127)
+        raise ValueError(f"Mask file {os.fspath(path)!r} cannot be read ({exc}).") from None
+    if arr.max(initial=0) >= n_mask_classes:  # label maps must be stored losslessly
+        raise ValueError(
+            f"Mask file {os.fspath(path)!r} holds label {int(arr.max())}, but "
+            f"n_mask_classes={n_mask_classes} allows 0..{n_mask_classes - 1}. Save "
+            f"label maps as PNG (not JPEG) or raise n_mask_classes."
+        )
+    return arr
 
 
 def _resize_nearest(arr, size, dtype):
