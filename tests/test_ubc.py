@@ -19,7 +19,7 @@ from sklearn_endo._encoders import WeightsUnavailableError
 from sklearn_endo.ubc import NoMasksWarning, UBCClassifier, _model
 
 TINY = dict(encoder="resnet18", pretrained=False, image_size=32, encoder_depth=3,
-            max_epochs=1, batch_size=4, random_state=0, device="cpu")
+            max_epochs=1, batch_size=4, random_state=0, device="cpu", verbose=0)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 import os
 import warnings
@@ -10,8 +11,10 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
 from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
 from skorch import NeuralNet
 from skorch.callbacks import EpochTimer, LRScheduler, PassthroughScoring, PrintLog
 from skorch.utils import to_tensor
@@ -37,14 +40,16 @@ class UBCDataset(torch.utils.data.Dataset):
     """Image ``i`` resized to ``size``, with its target ``{"y", "mask", "has_mask"}``.
 
     Images (and mask files) are decoded on access, so memory is bounded by the batch.
-    Without ``y`` (prediction) the target is a placeholder 0.
+    Without ``y`` (prediction) the target is a placeholder 0. With ``sample_weight``
+    the target also holds ``"weight"``.
     """
 
-    def __init__(self, images, size, y=None, masks=None):
+    def __init__(self, images, size, y=None, masks=None, sample_weight=None):
         self.images = images
         self.size = tuple(size)
         self.y = y
         self.masks = masks
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.images)
@@ -56,8 +61,11 @@ class UBCDataset(torch.utils.data.Dataset):
         if self.y is None:
             return x, 0
         mask, has = self.masks.get(i, self.size)
-        return x, {"y": torch.tensor(self.y[i], dtype=torch.int64), "mask": mask,
-                   "has_mask": torch.tensor(has)}
+        target = {"y": torch.tensor(self.y[i], dtype=torch.int64), "mask": mask,
+                  "has_mask": torch.tensor(has)}
+        if self.sample_weight is not None:
+            target["weight"] = torch.tensor(self.sample_weight[i], dtype=torch.float32)
+        return x, target
 
 
 def _unwrap(dataset):
@@ -148,8 +156,9 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         with ``callbacks__lr_scheduler__gamma=...`` or drop it with
         ``callbacks__lr_scheduler=None``) and ``print_log``.
     warm_start : bool, default=False
-    verbose : int, default=0
-        1 prints skorch's epoch table.
+    verbose : int, default=1
+        1 prints skorch's epoch table, a row per epoch as it ends (train loss, valid
+        loss with a ``train_split``, seconds); 0 prints nothing.
     device : str, default="auto"
         ``"auto"`` picks cuda, then mps, then cpu.
     **kwargs
@@ -180,7 +189,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     >>> masks = rng.random((8, 32, 32)) > 0.5
     >>> clf = UBCClassifier("resnet18", pretrained=False, image_size=32,
     ...                     encoder_depth=3, max_epochs=1, batch_size=4,
-    ...                     random_state=0).fit(X, y, masks=masks)
+    ...                     random_state=0, verbose=0).fit(X, y, masks=masks)
     >>> clf.predict(X[:2]).shape, clf.predict_masks(X[:2]).shape
     ((2,), (2, 32, 32))
     """
@@ -191,7 +200,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
                  dropout=0.0, unlabeled=-1, classes=None, random_state=None,
                  module=UBCNet, criterion=UBCLoss, optimizer=torch.optim.Adam, lr=1e-3,
                  max_epochs=40, batch_size=16, train_split=None, callbacks=None,
-                 warm_start=False, verbose=0, device="auto", **kwargs):
+                 warm_start=False, verbose=1, device="auto", **kwargs):
         self.encoder = encoder
         self.architecture = architecture
         self.alpha = alpha
@@ -287,10 +296,11 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         logits, mask_logits = y_pred
         t = to_tensor(y_true, device=self.device)
-        return self.criterion_(logits, mask_logits, t["y"], t["mask"], t["has_mask"])
+        return self.criterion_(logits, mask_logits, t["y"], t["mask"], t["has_mask"],
+                               t.get("weight"))
 
     # ------------------------------------------------------------ fitting
-    def fit(self, X, y, masks=None, **fit_params):
+    def fit(self, X, y, masks=None, sample_weight=None, **fit_params):
         """Train on images ``X``, labels ``y`` and optional pixel ``masks``.
 
         Parameters
@@ -307,6 +317,12 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
             arrays or None (no mask: the sample contributes the CE term only).
             A fit parameter, so GridSearchCV slices it per fold and a Pipeline routes
             it as ``ubcclassifier__masks``.
+        sample_weight : array-like of shape (N,) or None, default=None
+            Non-negative weight of each sample in both loss terms: each batch's CE
+            and Dice terms become weighted means (see :class:`UBCLoss`). Sliced per
+            fold by GridSearchCV and routed as ``ubcclassifier__sample_weight`` by a
+            Pipeline, like ``masks``. Scoring in a search stays unweighted unless
+            metadata routing is enabled (``set_score_request``).
         **fit_params
             Passed to skorch (module forward and ``train_split``).
 
@@ -314,24 +330,26 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         -------
         self
         """
-        dataset, y_enc = self._prepare(X, y, masks, None)
+        dataset, y_enc = self._prepare(X, y, masks, None, sample_weight)
         with self._resolved_device(), self._seeded():
             super().fit(dataset, y_enc, **fit_params)
         return self
 
-    def partial_fit(self, X, y=None, classes=None, masks=None, **fit_params):
+    def partial_fit(self, X, y=None, classes=None, masks=None, sample_weight=None,
+                    **fit_params):
         """Train for ``max_epochs`` more epochs without re-initialising (see fit)."""
         if isinstance(X, UBCDataset):  # called by NeuralNet.fit
             return super().partial_fit(X, y, classes, **fit_params)
-        dataset, y_enc = self._prepare(X, y, masks, classes)
+        dataset, y_enc = self._prepare(X, y, masks, classes, sample_weight)
         with self._resolved_device(), self._seeded():
             super().partial_fit(dataset, y_enc, **fit_params)
         return self
 
-    def _prepare(self, X, y, masks, classes):
+    def _prepare(self, X, y, masks, classes, sample_weight=None):
         self._check_settings()
         images = check_images(X, name="X", min_samples=2)
         y_enc, classes_ = self._encode_labels(y, len(images), classes)
+        weights = _check_sample_weight(sample_weight, len(images))
         mask_set = check_masks(masks, images, n_mask_classes=self.n_mask_classes)
         n_labelled, n_masks = int((y_enc != UNLABELED).sum()), int(mask_set.has.sum())
         if self.alpha > 0 and n_labelled == 0:
@@ -360,7 +378,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
                     f"fitted on {self.classes_.tolist()}; pass classes=[...] to fix them."
                 )
         self.classes_ = classes_
-        return UBCDataset(images, self._size(), y_enc, mask_set), y_enc
+        return UBCDataset(images, self._size(), y_enc, mask_set, weights), y_enc
 
     def _encode_labels(self, y, n, classes):
         if y is None:
@@ -381,6 +399,10 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         labelled = y[~unlabeled]
         if labelled.dtype == object:
             labelled = np.asarray(labelled.tolist())
+        if labelled.size:
+            # a float target such as [0.3, 1.7, ...] is a regression target, not
+            # n_samples classes: sklearn's "Unknown label type: continuous" ValueError
+            check_classification_targets(labelled)
         given = classes if classes is not None else self.classes
         if given is not None:
             classes_ = np.asarray(given)
@@ -440,7 +462,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
 
     # ------------------------------------------------------------ prediction
     def _forward_batches(self, X, fn, with_masks):
-        self.check_is_fitted()
+        self._check_fitted()
         images = check_images(X, name="X")
         dataset = UBCDataset(images, self._size())
         out = []
@@ -458,7 +480,8 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
 
     def predict(self, X):
         """Class labels, from ``classes_``."""
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(1)]
 
     def predict_masks(self, X, threshold=0.5):
         """Predicted masks at ``image_size``.
@@ -482,7 +505,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
 
     def score(self, X, y, sample_weight=None):
         """Accuracy; raises ValueError for labels not seen in fit."""
-        self.check_is_fitted()
+        self._check_fitted()
         y = np.asarray(y)
         unseen = [v for v in np.unique(y.astype(object)).tolist()
                   if not np.isin([v], self.classes_.astype(object)).any()]
@@ -501,6 +524,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         """
         from ..metrics import dice_score
 
+        self._check_fitted()
         images = check_images(X, name="X")
         mask_set = check_masks(masks, images, n_mask_classes=self.n_mask_classes)
         idx = np.flatnonzero(mask_set.has)
@@ -513,6 +537,46 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
             return float(dice_score(true, pred))
         return float(np.mean([dice_score(true == k, pred == k)
                               for k in range(1, self.n_mask_classes)]))
+
+    # ------------------------------------------------------------ sklearn API
+    def __sklearn_is_fitted__(self):
+        return bool(self.initialized_) and getattr(self, "classes_", None) is not None
+
+    def _check_fitted(self):
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' "
+                f"first (or initialize() with classes=[...], then load_params(...))."
+            )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # X is a batch of images (N, H, W[, C]) or a list of paths, never a table:
+        # scikit-learn's tabular checks do not apply (tests/test_ubc_contract.py runs
+        # the API checks and image versions of the others)
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def _get_param_names(self):
+        # skorch lists every attribute without a trailing underscore, including its
+        # private bookkeeping set of keyword names, which is not a parameter
+        return [k for k in super()._get_param_names() if k != "_params_to_validate"]
+
+    def __repr__(self):
+        """``UBCClassifier(alpha=0.3, encoder='resnet18')``: the parameters that differ
+        from their defaults, as scikit-learn prints an estimator."""
+        defaults = {}
+        for cls in (NeuralNet, type(self)):
+            for name, p in inspect.signature(cls.__init__).parameters.items():
+                if p.default is not inspect.Parameter.empty:
+                    defaults[name] = p.default
+        changed = [
+            f"{k}={v!r}" for k, v in sorted(self.get_params(deep=False).items())
+            if k not in defaults or not _same_param(v, defaults[k])
+        ]
+        return _wrap(f"{type(self).__name__}(", changed, ")")
 
     # ------------------------------------------------------------ plumbing
     def set_params(self, **kwargs):
@@ -559,6 +623,61 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
+
+
+def _same_param(value, default):
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and repr(value) == repr(default)
+    except Exception:  # a repr that fails differs
+        return False
+
+
+def _wrap(head, items, tail, width=79):
+    """``head + ", ".join(items) + tail``, wrapped under ``head`` past ``width``."""
+    line = head + ", ".join(items) + tail
+    if len(line) <= width:
+        return line
+    indent = " " * len(head)
+    lines, current, empty = [], head, True
+    for i, item in enumerate(items):
+        item += "," if i < len(items) - 1 else tail
+        if not empty and len(current) + len(item) > width:
+            lines.append(current.rstrip())
+            current = indent
+        current, empty = current + item + " ", False
+    lines.append(current.rstrip())
+    return "\n".join(lines)
+
+
+def _check_sample_weight(sample_weight, n):
+    """``sample_weight`` as a float64 array of ``n`` finite weights >= 0, or None."""
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sample_weight must be an array of {n} numbers, one per image; got "
+            f"{type(sample_weight).__name__} that cannot be read as numbers."
+        ) from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise ValueError(
+            f"sample_weight has shape {w.shape} but X has {n} images; pass one weight "
+            f"per image (shape ({n},))."
+        )
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise ValueError(
+            f"sample_weight must be finite and >= 0; sample_weight[{bad[0]}] = "
+            f"{w[bad[0]]!r}. Drop that sample or give it weight 0."
+        )
+    if not w.any():
+        raise ValueError("sample_weight is 0 for every sample; nothing would be trained.")
+    return w
 
 
 def _same(value, sentinel):

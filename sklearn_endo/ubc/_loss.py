@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,6 +34,12 @@ class UBCLoss(nn.Module):
     samples that have a mask. A term with no contributing sample in the batch is 0, and
     samples without a mask send no gradient to the decoder.
 
+    With ``sample_weight`` both averages are weighted means: the CE term is
+    ``sum(w_i * ce_i) / sum(w_i)`` over labelled samples and the Dice term
+    ``sum(w_i * (1 - dice_i)) / sum(w_i)`` over samples with a mask, so an integer
+    weight counts like repeating the sample within its batch, and a zero weight removes
+    it. A term whose contributing weights sum to 0 is 0.
+
     Args:
         alpha: weight of the classification term, in [0, 1].
         dice_smooth: epsilon of the smoothed Dice.
@@ -45,15 +52,17 @@ class UBCLoss(nn.Module):
         self.dice_smooth = float(dice_smooth)
         self.n_mask_classes = int(n_mask_classes)
 
-    def terms(self, class_logits, mask_logits, y, masks, has_mask):
-        """Return ``(ce, dice_loss)``, each a scalar tensor."""
-        labelled = y != UNLABELED
-        n_labelled = labelled.sum().clamp(min=1)
+    def terms(self, class_logits, mask_logits, y, masks, has_mask, sample_weight=None):
+        """Return ``(ce, dice_loss)``, each a scalar tensor.
+
+        Args:
+            sample_weight: optional (B,) non-negative per-sample weights; None weighs
+                every sample 1.
+        """
         ce = F.cross_entropy(class_logits, y.clamp(min=0), reduction="none")
-        ce = (ce * labelled).sum() / n_labelled
+        ce = _weighted_mean(ce, (y != UNLABELED).to(ce.dtype), sample_weight)
         if mask_logits is None:
             return ce, ce.new_zeros(())
-        has_mask = has_mask.to(mask_logits.dtype)
         if self.n_mask_classes > 1:
             probs = mask_logits.softmax(1)[:, 1:]
             onehot = F.one_hot(masks.long(), self.n_mask_classes).permute(0, 3, 1, 2)[:, 1:]
@@ -62,13 +71,27 @@ class UBCLoss(nn.Module):
                              self.dice_smooth).view(b, k).mean(1)
         else:
             dice = soft_dice(mask_logits[:, 0].sigmoid(), masks, self.dice_smooth)
-        dice_loss = ((1.0 - dice) * has_mask).sum() / has_mask.sum().clamp(min=1)
+        dice_loss = _weighted_mean(1.0 - dice, has_mask.to(dice.dtype), sample_weight)
         return ce, dice_loss
 
-    def forward(self, class_logits, mask_logits, y, masks, has_mask):
-        ce, dice_loss = self.terms(class_logits, mask_logits, y, masks, has_mask)
+    def forward(self, class_logits, mask_logits, y, masks, has_mask, sample_weight=None):
+        ce, dice_loss = self.terms(class_logits, mask_logits, y, masks, has_mask,
+                                   sample_weight)
         if self.alpha == 1.0:
             return ce
         if self.alpha == 0.0:
             return dice_loss
         return self.alpha * ce + (1.0 - self.alpha) * dice_loss
+
+
+def _weighted_mean(values, included, sample_weight):
+    """``sum(w * values) / sum(w)`` over the ``included`` samples; 0 when ``sum(w) == 0``.
+
+    ``included`` is a {0, 1} float mask; ``w`` is ``included * sample_weight``.
+    """
+    weights = included if sample_weight is None else included * sample_weight.to(
+        values.dtype)
+    total = weights.sum()
+    # divide by 1 where the weights sum to 0 (the numerator is then 0 too): a
+    # torch.where over num / 0 would send NaN gradients back
+    return (values * weights).sum() / torch.where(total > 0, total, total.new_ones(()))
