@@ -9,6 +9,7 @@ the user already has.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 
@@ -31,6 +32,16 @@ DEFAULT_METRICS = (
 )
 
 _PROBES = ("linear", "batched-linear", "knn", "logistic")
+
+# seconds before a progress bar appears: quick sweeps stay quiet
+PROGRESS_DELAY = 2.0
+
+
+def _progress(total, desc, verbose):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="fit", delay=PROGRESS_DELAY,
+                disable=not verbose)
 
 
 def _confusion(t, p, k):
@@ -179,7 +190,12 @@ class LayerSweepResult:
         return pd.DataFrame(self.to_dict())
 
     def plot(self, metric="accuracy", *, variant=0, ax=None, **kwargs):
-        """Draw the layer curve of ``metric``; returns a LayerCurveDisplay."""
+        """Draw the layer curve of ``metric``; returns a LayerCurveDisplay.
+
+        The marked layer is the best of ``metric`` (lowest loss, highest score); pass
+        ``best=self.best_layer_`` to mark the log-loss choice instead. ``kwargs`` go to
+        :meth:`LayerCurveDisplay.from_sweep`.
+        """
         from .plotting import LayerCurveDisplay
 
         return LayerCurveDisplay.from_sweep(self, metric=metric, variant=variant, ax=ax,
@@ -251,7 +267,7 @@ def _predict_proba(est, X):
 
 def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_params=None,
                               cv=5, groups=None, scoring=None, random_state=None,
-                              verbose=False):
+                              verbose=True):
     """Cross-validate a probe on precomputed per-layer features.
 
     Parameters
@@ -259,8 +275,11 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
     features : dict of int -> ndarray of shape (n_samples, n_features_layer)
         Pooled features of each layer (e.g. ``LayerFeatureTransformer.layer_features``).
     y : array-like of shape (n_samples,)
-    probe, probe_params, cv, groups, scoring, random_state, verbose
+    probe, probe_params, cv, groups, scoring, random_state
         See :func:`layer_sweep`.
+    verbose : bool or int, default=True
+        Show a progress bar over layers and folds once the probes take longer than
+        2 s; ``verbose=0`` silences it.
 
     Returns
     -------
@@ -299,12 +318,15 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
                 scores[m][vi, li, fi] = fn(y[test], pred, proba, classes)
 
     start = time.perf_counter()
-    for fi, (train, test) in enumerate(splits):
-        if kind == "batched":
-            fitted = clone(est).fit([a[train] for a in arrays], y[train])
-            for li, proba in enumerate(fitted.predict_proba([a[test] for a in arrays])):
-                record(0, li, fi, test, proba, fitted.classes_)
-        else:
+    with _progress(len(splits) * len(layers), f"layer_sweep {len(layers)} layers x "
+                   f"{len(splits)} folds", verbose) as bar:
+        for fi, (train, test) in enumerate(splits):
+            if kind == "batched":
+                fitted = clone(est).fit([a[train] for a in arrays], y[train])
+                for li, proba in enumerate(fitted.predict_proba([a[test] for a in arrays])):
+                    record(0, li, fi, test, proba, fitted.classes_)
+                bar.update(len(layers))
+                continue
             for li, a in enumerate(arrays):
                 if kind == "knn":
                     knn, ks = est
@@ -314,9 +336,7 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
                 else:
                     fitted = clone(est).fit(a[train], y[train])
                     record(0, li, fi, test, _predict_proba(fitted, a[test]), fitted.classes_)
-        if verbose:
-            print(f"[layer_sweep] fold {fi + 1}/{len(splits)} done "
-                  f"({time.perf_counter() - start:.1f}s)")
+                bar.update()
     probe_seconds = time.perf_counter() - start
     name = probe if isinstance(probe, str) else type(probe).__name__
     return LayerSweepResult(layers, variants, scores, probe_name=name,
@@ -324,7 +344,7 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
 
 
 def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_params=None,
-                cv=5, groups=None, scoring=None, random_state=None, verbose=False,
+                cv=5, groups=None, scoring=None, random_state=None, verbose=True,
                 **transformer_params):
     """Cross-validate a probe on every layer of a frozen encoder, from one encoder pass.
 
@@ -364,7 +384,10 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         ``f(y_true, y_pred, y_proba, labels)``.
     random_state : int or None
         Seeds the probe (its ``random_state`` parameter when it has one).
-    verbose : bool, default=False
+    verbose : bool or int, default=True
+        Show progress bars (tqdm, also in notebooks) for the encoder pass and the
+        probes once a step takes longer than 2 s; ``verbose=0`` silences them, also the
+        bar of a ``LayerFeatureTransformer`` passed as ``encoder``.
     **transformer_params
         Passed to ``LayerFeatureTransformer`` when ``encoder`` is not one already
         (e.g. ``pooling="cls"``, ``pretrained=False``, ``batch_size=64``).
@@ -387,10 +410,15 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         if transformer_params or not hasattr(transformer, "n_layers_"):
             # never refit or reconfigure the caller's object
             transformer = clone(transformer).set_params(**transformer_params)
+        if not verbose and getattr(transformer, "verbose", False):
+            # silence a fitted transformer without changing the caller's object
+            transformer = copy.copy(transformer)
+            transformer.verbose = False
     else:
         from ._transformer import LayerFeatureTransformer
 
-        transformer = LayerFeatureTransformer(encoder, **transformer_params)
+        transformer = LayerFeatureTransformer(encoder, verbose=bool(verbose),
+                                              **transformer_params)
     start = time.perf_counter()
     if not hasattr(transformer, "n_layers_"):
         transformer.fit(X)
@@ -398,8 +426,6 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         layers = [layers]
     features = transformer.layer_features(X, layers=None if layers is None else list(layers))
     extraction_seconds = time.perf_counter() - start
-    if verbose:
-        print(f"[layer_sweep] extracted {len(features)} layers in {extraction_seconds:.1f}s")
     result = layer_sweep_from_features(
         features, y_arr, probe=probe, probe_params=probe_params, cv=cv, groups=groups,
         scoring=scoring, random_state=random_state, verbose=verbose)

@@ -154,3 +154,22 @@ def test_confusion_asymmetry_display():
     X, y = _blobs(seed=5)
     disp = ConfusionAsymmetryDisplay.from_estimator(clf, X, y, include_values=False)
     assert disp.asymmetry.shape == (3, 3) and disp.text_ is None
+
+
+def test_layer_curve_from_sweep_marks_the_best_of_the_plotted_metric():
+    from sklearn_endo._sweep import LayerSweepResult
+
+    # log-loss is best at layer 0 but accuracy at layer 2 (a calibrated shallow layer,
+    # an overconfident deep one); f1 ties are broken at the first layer
+    folds = np.ones(3)
+    scores = {"accuracy": np.array([[0.6, 0.7, 0.9]])[..., None] * folds,
+              "log_loss": np.array([[0.5, 0.8, 0.7]])[..., None] * folds,
+              "f1_macro": np.array([[0.4, 0.4, np.nan]])[..., None] * folds}
+    res = LayerSweepResult([0, 1, 2], [{}], scores, probe_name="x", extraction_seconds=0,
+                           probe_seconds=0)
+    assert res.best_layer_ == 0
+    assert res.plot("accuracy").best_line_.get_xdata()[0] == 2
+    assert res.plot("log_loss").best_line_.get_xdata()[0] == 0
+    assert res.plot("f1_macro").best_line_.get_xdata()[0] == 0  # NaN skipped
+    assert res.plot("accuracy", best=res.best_layer_).best_line_.get_xdata()[0] == 0
+    assert res.plot("accuracy", best=None).best_line_ is None

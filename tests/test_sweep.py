@@ -196,3 +196,31 @@ def test_fast_metrics_equal_sklearn(seed):
         expected["balanced_accuracy"] = balanced_accuracy_score(y_true, pred)
     for m, v in expected.items():
         assert got[m] == pytest.approx(v, abs=1e-12), m
+
+
+@pytest.mark.parametrize("probe", ["batched-linear", "logistic"])
+def test_progress_bar_by_default_and_verbose_0_silences_it(probe, monkeypatch, capsys):
+    from sklearn_endo import _sweep
+
+    monkeypatch.setattr(_sweep, "PROGRESS_DELAY", 0)  # show at once, however quick
+    feats, y = _features()
+    params = FAST if probe == "batched-linear" else None
+    layer_sweep_from_features(feats, y, probe=probe, probe_params=params, cv=3)
+    err = capsys.readouterr().err
+    assert "layer_sweep 3 layers x 3 folds" in err and "9/9" in err  # every fit counted
+    layer_sweep_from_features(feats, y, probe=probe, probe_params=params, cv=3, verbose=0)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_verbose_0_silences_the_encoder_pass_without_touching_the_transformer(
+        images, tiny_vit, monkeypatch, capsys):
+    from sklearn_endo import _sweep
+
+    monkeypatch.setattr(_sweep, "PROGRESS_DELAY", 0)
+    X, y = images
+    t = LayerFeatureTransformer(tiny_vit, batch_size=8, verbose=True).fit(X)
+    layer_sweep(X, y, t, probe="logistic", cv=2, verbose=0)
+    assert capsys.readouterr() == ("", "")
+    assert t.verbose is True
+    layer_sweep(X, y, tiny_vit, probe="logistic", cv=2, batch_size=8, verbose=0)
+    assert capsys.readouterr() == ("", "")

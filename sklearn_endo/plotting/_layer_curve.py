@@ -27,6 +27,17 @@ def _get_ax(ax):
     return ax, ax.figure
 
 
+def _lower_is_better(name):
+    return "loss" in name or "error" in name
+
+
+def _best_of(layers, mean, lower_is_better):
+    """The layer with the best mean score (NaN scores, e.g. failed fits, are skipped)."""
+    if np.isnan(mean).all():
+        return None
+    return int(layers[np.nanargmin(mean) if lower_is_better else np.nanargmax(mean)])
+
+
 def _pretty_metric(name):
     labels = {
         "accuracy": "Accuracy",
@@ -118,11 +129,25 @@ class LayerCurveDisplay:
         return self
 
     @classmethod
-    def from_sweep(cls, result, metric="accuracy", *, variant=0, ax=None, **plot_kw):
+    def from_sweep(cls, result, metric="accuracy", *, variant=0, best="auto", ax=None,
+                   **plot_kw):
         """Draw the curve of ``metric`` from a :class:`~sklearn_endo.LayerSweepResult`.
 
-        ``variant`` picks the probe setting (e.g. the k of a k-NN sweep); ``plot_kw`` go
-        to :meth:`plot`.
+        Parameters
+        ----------
+        result : LayerSweepResult
+        metric : str, default="accuracy"
+            A metric the sweep computed (``result.metrics``).
+        variant : int, default=0
+            The probe setting (e.g. the k of a k-NN sweep).
+        best : "auto", int or None, default="auto"
+            The marked layer. "auto" marks the best layer *of the plotted metric*: the
+            lowest mean for losses and errors (``log_loss``), the highest for scores.
+            It can differ from ``result.best_layer_``, which is chosen on log-loss;
+            pass ``best=result.best_layer_`` to mark that one.
+        ax : matplotlib Axes or None
+        **plot_kw
+            Passed to :meth:`plot`.
         """
         _check_matplotlib_support(f"{cls.__name__}.from_sweep")
         if not hasattr(result, "scores") or not hasattr(result, "layers"):
@@ -130,8 +155,11 @@ class LayerCurveDisplay:
         label = None
         if result.variants[variant]:
             label = ", ".join(f"{k}={v}" for k, v in result.variants[variant].items())
-        disp = cls(result.layers, result.mean(metric, variant), result.std(metric, variant),
-                   metric, best_layer=result.best_layer_, label=label)
+        mean = result.mean(metric, variant)
+        if best == "auto":
+            best = _best_of(np.asarray(result.layers), mean, _lower_is_better(metric))
+        disp = cls(result.layers, mean, result.std(metric, variant), metric,
+                   best_layer=best, label=label)
         return disp.plot(ax=ax, **plot_kw)
 
     @classmethod
@@ -198,7 +226,7 @@ class LayerCurveDisplay:
         if negated:
             mean = -mean
             scorer_name = scorer_name[len("neg_"):]
-        lower_is_better = negated or "loss" in scorer_name or "error" in scorer_name
+        lower_is_better = negated or _lower_is_better(scorer_name)
         raw = [p[param] for p in cv_results["params"]]
         if any(isinstance(v, (list, tuple)) for v in raw):
             raise ValueError(f"{param} holds lists of layers (concatenated features); a "
@@ -219,8 +247,7 @@ class LayerCurveDisplay:
             pick.append(idx[np.nanargmin(scores) if lower_is_better else np.nanargmax(scores)])
         pick = np.asarray(pick)
         if best == "auto":
-            sel = np.nanargmin(mean[pick]) if lower_is_better else np.nanargmax(mean[pick])
-            best = int(uniq[sel])
+            best = _best_of(uniq, mean[pick], lower_is_better)
         disp = cls(uniq, mean[pick], None if std is None else std[pick], scorer_name,
                    best_layer=best)
         return disp.plot(ax=ax, **plot_kw)
