@@ -3,18 +3,44 @@
 Every estimator of the package accepts "an array-like of images":
 
 * a numpy array ``(N, H, W)`` (grayscale) or ``(N, H, W, C)`` with ``C`` in {1, 3};
-  ``uint8`` arrays are read as [0, 255], floating arrays must lie in [0, 1];
+  ``uint8`` arrays are read as [0, 255], ``uint16`` arrays as 16-bit [0, 65535],
+  floating arrays must lie in [0, 1], and other integer arrays must hold 8-bit values;
 * a sequence of image file paths (any sizes; decoded lazily, by DataLoader workers);
+  a generator is read once into a list;
 * a list of PIL images, or of numpy arrays ``(H, W)`` / ``(H, W, C)`` of any sizes.
 
-Grayscale images are replicated to three channels; mixing grayscale and colour images
-or passing RGBA is rejected, because the fix (``img.convert("RGB")``) is the user's call.
+Rules, so that no input is silently misread:
+
+* Grayscale images are replicated to three channels; mixing grayscale and colour images
+  or passing RGBA is rejected, because the fix (``img.convert("RGB")``) is the user's call.
+* One image without the batch axis is refused, not read as a batch: a 2-D array, and a
+  3-D array whose last axis has 1, 3 or 4 entries, which is how one ``(H, W, C)`` image
+  looks (it would otherwise be read as ``H`` grayscale images of ``W`` by ``C`` pixels).
+  Pass ``X[None]`` for one image. A grayscale batch ``(N, H, W)`` is accepted when its
+  images are wider than 4 pixels. A single PIL image or path is refused likewise.
+* A ``uint16`` array whose largest value is in [1, 255] is refused: as 16-bit data it
+  would be almost black, and it most likely holds 8-bit values (``X.astype(np.uint8)``).
+* 16-bit and 32-bit grayscale images (PIL modes ``"I;16"``, ``"I;16B"``, ``"I;16L"``,
+  ``"I"``; files such as 16-bit PNGs, or PIL images in a list) are read at full depth
+  and scaled by 65535; mode ``"I"`` must hold values in [0, 65535]. Mode ``"F"`` (32-bit
+  float) must lie in [0, 1]. Values outside these ranges are refused, never clipped.
+  (PIL reads 16-bit colour PNGs as 8-bit RGB, so these lose their low byte.)
+* The EXIF orientation of files and of PIL images is applied, as image viewers do (and
+  the same way to mask files, see :mod:`sklearn_endo.ubc`), and sizes read from headers
+  are the rotated ones. The tag is read from the header: a PNG whose ``eXIf`` chunk
+  follows the image data is not rotated. An unreadable EXIF block counts as no rotation.
+* Dicts and sets are refused: a dict would be iterated over its keys and a set has no
+  order, so the rows of the result would not match any labels.
+* Files that cannot be decoded (corrupt, truncated, larger than PIL's
+  ``Image.MAX_IMAGE_PIXELS``) raise :class:`DecodeError`, a ``ValueError`` that names
+  the input index and the file, also when raised in a DataLoader worker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +48,181 @@ import torch
 import torch.nn.functional as F
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")  # timm's others fall back to bilinear
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # grey, more than 8 bits
+_CACHE_MAX = 200_000  # entries of each per-file cache before it is emptied
 
+
+class DecodeError(ValueError):
+    """An image or mask file that cannot be read; the message names input, file and fix.
+
+    Raised in a DataLoader worker, torch re-creates the exception in the main process
+    from one string: "Caught DecodeError in DataLoader worker process 0", then the
+    worker's traceback. This class keeps only the package's message, so that it comes
+    first, and keeps the worker's traceback in ``worker_traceback``.
+    """
+
+    def __init__(self, message=""):
+        message = str(message)
+        self.worker_traceback = None
+        if message.startswith("Caught "):
+            marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+            at = message.rfind(marker)
+            if at >= 0:
+                self.worker_traceback = message
+                message = message[at + len(marker):].rstrip("\n")
+        super().__init__(message)
+
+
+class _BoundedCache(dict):
+    """A dict emptied when it reaches ``maxsize`` entries, so it cannot grow forever."""
+
+    def __init__(self, maxsize=_CACHE_MAX):
+        super().__init__()
+        self.maxsize = maxsize
+
+    def __setitem__(self, key, value):
+        if key not in self and len(self) >= self.maxsize:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+def file_key(path):
+    """Identity of a file's content without reading it: path, size, times, inode.
+
+    ``st_ctime_ns`` cannot be set by user tools, so a file replaced by another of the
+    same size with its mtime kept (``cp -p``, ``rsync -t``, tar) gets a new key, and so
+    does one rewritten in place (within the file system's clock resolution).
+    Raises OSError when the file does not exist.
+    """
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_ino, st.st_dev)
+
+
+# --- EXIF orientation ---------------------------------------------------------------
+
+def exif_orientation(img, *, from_file=True):
+    """EXIF orientation (1..8) of a PIL image; 1 when absent or unreadable.
+
+    With ``from_file=True`` (an image just opened) only the header is read, never the
+    pixel data; this is what header checks and decoding both use, so they agree.
+    """
+    from PIL import Image
+
+    try:
+        # PngImageFile.getexif decodes the whole image to find a late eXIf chunk
+        exif = Image.Image.getexif(img) if from_file else img.getexif()
+        orientation = int(exif.get(0x0112, 1))
+    except Exception:  # a broken EXIF block: viewers show the image unrotated
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def orient(arr, orientation):
+    """Apply an EXIF orientation to an array (H, W[, C]), as ``ImageOps.exif_transpose``."""
+    if orientation == 2:
+        arr = arr[:, ::-1]
+    elif orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 4:
+        arr = arr[::-1]
+    elif orientation == 5:
+        arr = arr.swapaxes(0, 1)
+    elif orientation == 6:
+        arr = np.rot90(arr, k=-1)
+    elif orientation == 7:
+        arr = arr.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        arr = np.rot90(arr, k=1)
+    return np.ascontiguousarray(arr)
+
+
+def oriented_hw(size_wh, orientation):
+    """(height, width) as shown, from PIL's (width, height) and the EXIF orientation."""
+    w, h = size_wh
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+# --- opening files ------------------------------------------------------------------
+
+def unreadable_message(where, path, exc, *, what="an image", fix=None):
+    """The message for a file that cannot be opened or decoded."""
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return (
+            f"{where} = {os.fspath(path)!r} is too large to decode safely ({exc}). "
+            f"Downscale the file, or, if you trust it, lift PIL's limit first: "
+            f"PIL.Image.MAX_IMAGE_PIXELS = None."
+        )
+    fix = fix or "Remove it or replace it with a valid image file."
+    return (f"{where} = {os.fspath(path)!r} cannot be read as {what} "
+            f"({type(exc).__name__}: {exc}). {fix}")
+
+
+_PATH_HEADERS = _BoundedCache()  # file_key -> (mode, (h, w), orientation)
+
+
+def read_header(path, where, *, what="an image", fix=None):
+    """(mode, (h, w), orientation) of an image file from its header (no decoding).
+
+    ``mode`` is the PIL mode the file decodes to, ``(h, w)`` its size once the EXIF
+    ``orientation`` is applied. Results are cached by :func:`file_key`. Raises :class:`DecodeError` naming
+    ``where`` and the file when it is not a readable image, or ValueError when it does
+    not exist.
+    """
+    from PIL import Image
+
+    try:
+        key = file_key(path)
+    except OSError:
+        raise ValueError(f"{where} = {os.fspath(path)!r} does not exist. Check the path "
+                         f"(relative paths are resolved against {os.getcwd()!r}).") from None
+    hit = _PATH_HEADERS.get(key)
+    if hit is None:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                orientation = exif_orientation(img, from_file=True)
+                hit = (_decoded_mode(img.mode), oriented_hw(img.size, orientation),
+                       orientation)
+        except Exception as exc:
+            raise DecodeError(unreadable_message(where, path, exc, what=what, fix=fix)) \
+                from None
+        _PATH_HEADERS[key] = hit
+    return hit
+
+
+def pil_to_array(img, where, *, n_channels=None):
+    """Pixels of a PIL image: uint8 (H, W[, 3]) or, for 16/32-bit grey, float32 in [0, 1].
+
+    EXIF orientation is not applied here. ``n_channels`` (1 or 3) picks grey or RGB for
+    8-bit modes. Raises :class:`DecodeError` for values outside the mode's range.
+    """
+    mode = img.mode
+    if mode in _WIDE_MODES:
+        arr = np.asarray(img)
+        if mode == "F":
+            if not np.isfinite(arr).all() or arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
+                raise DecodeError(
+                    f"{where} is a 32-bit float image (PIL mode 'F') with values outside "
+                    f"[0, 1] (or not finite); float images must lie in [0, 1]. Rescale "
+                    f"it, e.g. to 8 bits with img.convert('L') after scaling."
+                )
+            return arr.astype(np.float32, copy=False)
+        lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
+        if lo < 0 or hi > 65535:
+            raise DecodeError(
+                f"{where} is a 32-bit integer image (PIL mode {mode!r}) with values in "
+                f"[{lo}, {hi}]; such images are read as 16-bit, in [0, 65535]. Rescale "
+                f"it to that range (or to 8 bits) first."
+            )
+        return arr.astype(np.float32) / np.float32(65535.0)
+    if n_channels is None:
+        n_channels = _pil_mode_channels(_decoded_mode(mode), "", where)
+    return np.asarray(img.convert("L" if n_channels == 1 else "RGB"))
+
+
+# --- validation ---------------------------------------------------------------------
 
 @dataclass
 class Images:
@@ -31,6 +231,7 @@ class Images:
     kind: str  # "array" (one ndarray), "list" (PIL or ndarray items), "paths"
     data: object
     n_channels: int  # channels of the source (1 or 3)
+    name: str = "X"  # how error messages name the input
 
     def __len__(self):
         return len(self.data)
@@ -40,15 +241,23 @@ def _is_pathlike(x):
     return isinstance(x, (str, os.PathLike))
 
 
+def _is_pil(x):
+    return hasattr(x, "mode") and hasattr(x, "size") and hasattr(x, "convert")
+
+
 def _pil_mode_channels(mode, where, name):
-    if mode in ("L", "I", "I;16", "F", "1"):
+    if mode in ("L", "1") + _WIDE_MODES:
         return 1
     if mode == "RGB":
         return 3
     raise ValueError(
-        f"{name}{where} has PIL mode {mode!r}; only grayscale ('L') and 'RGB' images are "
-        f"accepted. Convert it first, e.g. img.convert('RGB')."
+        f"{name}{where} has PIL mode {mode!r}; only grayscale ('L', 16-bit 'I;16') and "
+        f"'RGB' images are accepted. Convert it first, e.g. img.convert('RGB')."
     )
+
+
+def _is_uint16(arr):
+    return arr.dtype.kind == "u" and arr.dtype.itemsize == 2
 
 
 def _check_value_range(arr, where, name):
@@ -56,8 +265,8 @@ def _check_value_range(arr, where, name):
         return
     if arr.dtype.kind not in "fiu":
         raise TypeError(
-            f"{name}{where} has dtype {arr.dtype}; expected uint8 in [0, 255] or floats "
-            f"in [0, 1]."
+            f"{name}{where} has dtype {arr.dtype}; expected uint8 in [0, 255], uint16 in "
+            f"[0, 65535] or floats in [0, 1]."
         )
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
@@ -70,14 +279,24 @@ def _check_value_range(arr, where, name):
             raise ValueError(
                 f"{name}{where} is a float array with values in [{lo:.3g}, {hi:.3g}], "
                 f"but float images must lie in [0, 1]. Divide 8-bit images by 255 or pass "
-                f"them as uint8."
+                f"them as uint8 (16-bit ones: divide by 65535 or pass them as uint16)."
+            )
+    elif _is_uint16(arr):
+        hi = int(arr.max())
+        if 0 < hi <= 255:
+            raise ValueError(
+                f"{name}{where} is a uint16 array with values in [{int(arr.min())}, {hi}]. "
+                f"uint16 images are read as 16-bit, [0, 65535], so this one would be almost "
+                f"black: if it holds 8-bit values pass {name}.astype(np.uint8); if it is "
+                f"really 16-bit, pass {name} / 65535 as floats."
             )
     else:  # other integer types: only 0..255 makes sense
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:
             raise ValueError(
                 f"{name}{where} is an integer array with values in [{lo}, {hi}]; expected "
-                f"8-bit values in [0, 255]. Rescale it, or pass floats in [0, 1]."
+                f"8-bit values in [0, 255] (or a uint16 array for 16-bit images). Rescale "
+                f"it, or pass floats in [0, 1]."
             )
 
 
@@ -99,6 +318,26 @@ def _array_channels(arr, ndim_gray, where, name):
     )
 
 
+def _refuse_container(X, name):
+    """Inputs that iterate but are not sequences of images."""
+    if _is_pil(X):
+        raise TypeError(
+            f"{name} is a single PIL image; pass a list of images, e.g. [img] for one "
+            f"image."
+        )
+    if isinstance(X, Mapping):
+        raise TypeError(
+            f"{name} is a {type(X).__name__} (a mapping); iterating it would read its keys. "
+            f"Pass a numpy array of images, a list of image paths or a list of PIL images, "
+            f"e.g. list(d.values())."
+        )
+    if isinstance(X, (set, frozenset)):
+        raise TypeError(
+            f"{name} is a {type(X).__name__}, which has no order, so the outputs could not "
+            f"be matched to labels. Pass a list, e.g. sorted({name})."
+        )
+
+
 def check_images(X, *, name="X", min_samples=1):
     """Validate an array-like of images without decoding files.
 
@@ -112,13 +351,23 @@ def check_images(X, *, name="X", min_samples=1):
             f"{name} is a single path {str(X)!r}; pass a list of image paths, e.g. "
             f"[{str(X)!r}], or use sklearn_endo.datasets.load_image_folder for a folder."
         )
+    _refuse_container(X, name)
     if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):  # pandas Series of paths
         X = X.to_numpy()
+    if isinstance(X, np.ndarray) and X.dtype.kind in "US":  # paths as a numpy str array
+        X = X.astype(object)
     if isinstance(X, np.ndarray) and X.dtype != object:
         if X.ndim < 3:
             raise ValueError(
                 f"{name} has shape {X.shape}; expected a batch of images (N, H, W) or "
-                f"(N, H, W, C). For a single image use X[None]."
+                f"(N, H, W, C). For a single image use {name}[None]."
+            )
+        if X.ndim == 3 and X.shape[-1] in (1, 3, 4):
+            raise ValueError(
+                f"{name} has shape {X.shape}, which looks like one "
+                + ("colour" if X.shape[-1] > 1 else "grayscale")
+                + f" image without the batch axis; pass {name}[None] for one image, or "
+                f"(N, H, W) for grayscale (images wider than 4 pixels)."
             )
         if X.shape[0] < min_samples:
             raise ValueError(
@@ -128,7 +377,7 @@ def check_images(X, *, name="X", min_samples=1):
         if min(X.shape[1:3]) < 1:
             raise ValueError(f"{name} has empty images of shape {X.shape[1:]}.")
         _check_value_range(X, "", name)
-        return Images("array", X, n_channels)
+        return Images("array", X, n_channels, name)
 
     try:
         items = list(X)
@@ -144,7 +393,7 @@ def check_images(X, *, name="X", min_samples=1):
         )
     if all(_is_pathlike(x) for x in items):
         return Images("paths", np.asarray([os.fspath(p) for p in items], dtype=object),
-                      _check_paths(items, name))
+                      _check_paths(items, name), name)
     channels = set()
     first = {}
     for i, item in enumerate(items):
@@ -154,7 +403,7 @@ def check_images(X, *, name="X", min_samples=1):
                 f"{name} mixes file paths and in-memory images ({name}{where} is a path); "
                 f"pass one kind only."
             )
-        if hasattr(item, "mode") and hasattr(item, "size"):  # PIL image
+        if _is_pil(item):
             c = _pil_mode_channels(item.mode, where, name)
         elif isinstance(item, np.ndarray):
             c = _array_channels(item, 2, where, name)
@@ -169,7 +418,7 @@ def check_images(X, *, name="X", min_samples=1):
         channels.add(c)
         first.setdefault(c, i)
     _check_mixed(channels, first, name)
-    return Images("list", items, channels.pop())
+    return Images("list", items, channels.pop(), name)
 
 
 def _check_mixed(channels, first, name):
@@ -181,40 +430,19 @@ def _check_mixed(channels, first, name):
         )
 
 
-_PATH_CHANNELS = {}  # (path, size, mtime) -> channels of a file already checked
-
-
 def _check_paths(paths, name):
     """Check that files exist and are images, reading headers only (no decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    keys, missing = [], []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            keys.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
-        except OSError:
-            missing.append(os.fspath(p))
+    missing = [os.fspath(p) for p in paths if not os.path.exists(p)]
     if missing:
         raise ValueError(
             f"{name} names {len(missing)} file(s) that do not exist, e.g. {missing[0]!r}. "
             f"Check the paths (relative paths are resolved against {os.getcwd()!r})."
         )
     channels, first = set(), {}
-    for i, (p, key) in enumerate(zip(paths, keys)):
-        # a search checks the same files once per candidate and fold: remember them
-        c = _PATH_CHANNELS.get(key)
-        if c is None:
-            try:
-                with Image.open(p) as img:  # reads the header only
-                    c = _pil_mode_channels(_decoded_mode(img.mode),
-                                           f"[{i}] ({os.fspath(p)!r})", name)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise ValueError(
-                    f"{name}[{i}] = {os.fspath(p)!r} cannot be read as an image ({exc}). "
-                    f"Remove it or replace it with a valid image file."
-                ) from None
-            _PATH_CHANNELS[key] = c
+    for i, p in enumerate(paths):
+        # a search checks the same files once per candidate and fold: headers are cached
+        mode = read_header(p, f"{name}[{i}]")[0]
+        c = _pil_mode_channels(mode, f"[{i}] ({os.fspath(p)!r})", name)
         channels.add(c)
         first.setdefault(c, i)
     _check_mixed(channels, first, name)
@@ -226,12 +454,40 @@ def _decoded_mode(mode):
     return "RGB" if mode in ("P", "CMYK", "YCbCr", "LAB", "HSV") else mode
 
 
+def image_sizes(images, indices):
+    """{i: (h, w)} of images ``indices`` as decoded (EXIF-rotated; files: headers only)."""
+    if images.kind == "array":
+        h, w = images.data.shape[1:3]
+        return {i: (h, w) for i in indices}
+    out = {}
+    for i in indices:
+        item = images.data[i]
+        if images.kind == "paths":
+            out[i] = read_header(item, f"{images.name}[{i}]")[1]
+        elif isinstance(item, np.ndarray):
+            out[i] = tuple(item.shape[:2])
+        else:
+            out[i] = oriented_hw(item.size, exif_orientation(item, from_file=False))
+    return out
+
+
+# --- content hashes -----------------------------------------------------------------
+
 def image_hashes(images):
     """Content hash of each image (file bytes for paths, pixel bytes otherwise)."""
     return [_hash_one(images, i) for i in range(len(images))]
 
 
-_PATH_HASH_CACHE = {}
+_PATH_HASH_CACHE = _BoundedCache()  # file_key -> hash of a file already read
+
+
+def _decode_tag(mode, orientation):
+    # Files and PIL images that older versions decoded differently (clipped to 8 bits,
+    # not rotated) get new keys, so a persistent store cannot serve their old features;
+    # every other image keeps its key.
+    if mode in _WIDE_MODES or orientation != 1:
+        return f"d2{mode}o{orientation}".encode()
+    return b""
 
 
 def _hash_one(images, i):
@@ -243,12 +499,12 @@ def _hash_one(images, i):
         return h.hexdigest()
     if images.kind == "paths":
         path = images.data[i]
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        key = file_key(path)
         hit = _PATH_HASH_CACHE.get(key)
         if hit is None:
+            mode, _, orientation = read_header(path, f"{images.name}[{i}]")
             with open(path, "rb") as f:
-                h.update(b"f")
+                h.update(b"f" + _decode_tag(mode, orientation))
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
             hit = _PATH_HASH_CACHE[key] = h.hexdigest()
@@ -258,13 +514,21 @@ def _hash_one(images, i):
         h.update(f"a{item.shape}{item.dtype}".encode())
         h.update(np.ascontiguousarray(item).data)
     else:
-        h.update(f"p{item.mode}{item.size}".encode())
+        tag = _decode_tag(item.mode, exif_orientation(item, from_file=False))
+        h.update(f"p{item.mode}{item.size}".encode() + tag)
         h.update(item.tobytes())
     return h.hexdigest()
 
 
+# --- decoding -----------------------------------------------------------------------
+
 def load_image(images, i):
-    """Decode image ``i`` to a float32 tensor (C, H, W) in [0, 1] with 3 channels."""
+    """Decode image ``i`` to a float32 tensor (C, H, W) in [0, 1] with 3 channels.
+
+    Files and PIL images are EXIF-rotated. A file that cannot be decoded raises
+    :class:`DecodeError` naming ``X[i]`` and the file.
+    """
+    where = f"{images.name}[{i}]"
     if images.kind == "array":
         arr = images.data[i]
     elif images.kind == "paths":
@@ -273,21 +537,33 @@ def load_image(images, i):
         path = images.data[i]
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if images.n_channels == 1 else "RGB")
-                arr = np.asarray(img)
-        except OSError as exc:
-            raise ValueError(f"Image file {path!r} cannot be decoded ({exc}).") from None
+                orientation = exif_orientation(img, from_file=True)
+                arr = pil_to_array(img, f"{where} = {path!r}", n_channels=images.n_channels)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(unreadable_message(
+                where, path, exc, fix="The file is corrupt or truncated: replace it with "
+                "a valid image file or remove it from the input.")) from None
+        arr = orient(arr, orientation)
     else:
         item = images.data[i]
         if isinstance(item, np.ndarray):
             arr = item
         else:
-            arr = np.asarray(item.convert("L" if images.n_channels == 1 else "RGB"))
+            arr = orient(pil_to_array(item, where, n_channels=images.n_channels),
+                         exif_orientation(item, from_file=False))
     return to_chw_float(arr)
 
 
 def to_chw_float(arr):
-    """(H, W[, C]) array (uint8 or float in [0, 1]) -> float32 tensor (3, H, W)."""
+    """(H, W[, C]) array -> float32 tensor (3, H, W) in [0, 1].
+
+    uint8 and other 8-bit integer arrays are divided by 255, uint16 ones by 65535;
+    floats are taken as they are (in [0, 1]).
+    """
+    if _is_uint16(arr):
+        arr = arr.astype(np.float32) / np.float32(65535.0)
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # np.asarray(PIL image) is read-only
         arr = arr.copy()

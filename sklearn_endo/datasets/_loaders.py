@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
+from .. import _images
+
 __all__ = ["load_image_folder", "load_kvasir_seg", "load_mask"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -170,15 +172,25 @@ def load_mask(path_or_array, *, threshold=127):
     path_or_array : str, path-like, PIL image or ndarray
         A mask file (e.g. a Kvasir-SEG JPEG, stored as 3-channel with noise around the
         edges) or a mask already in memory: an array (H, W) or (H, W, C) of grey or
-        colour values in [0, 255] (colour is turned grey with PIL's ``"L"`` weights), or
-        a bool array, returned as it is.
+        colour values in [0, 255] (colour is turned grey with PIL's ``"L"`` weights), a
+        ``uint16`` array of 16-bit values, or a bool array, returned as it is. Files and
+        PIL images are turned as their EXIF orientation says, as images are.
     threshold : float, default=127
-        Grey values above it are foreground; in [0, 255). Files and PIL images that
-        hold only 0 and 1 (masks saved as 0/1 PNGs) are read as they are.
+        Grey values above it are foreground; in [0, 255). It is scaled to the depth of
+        16-bit files and arrays (127 becomes 32639, about half of 65535) and of 32-bit
+        float files (values in [0, 1]: 127 becomes 0.498). Integer masks that hold only
+        0 and 1 (masks saved as 0/1 PNGs) are read as they are.
 
     Returns
     -------
     mask : ndarray of shape (H, W), bool
+
+    Raises
+    ------
+    ValueError
+        For a file that is empty, not an image, truncated or corrupt (a
+        ``DecodeError`` naming the file), and for arrays of unclear meaning (floats in
+        [0, 1], ``uint16`` holding only 8-bit values).
 
     Examples
     --------
@@ -188,28 +200,24 @@ def load_mask(path_or_array, *, threshold=127):
     array([[False, False,  True],
            [ True,  True, False]])
     """
-    from PIL import Image
-
     if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
             or not 0 <= threshold < 255):
         raise ValueError(f"threshold={threshold!r} must be a number in [0, 255); grey "
                          f"values above it are foreground (127 suits JPEG masks).")
     if isinstance(path_or_array, (str, os.PathLike)):
-        try:
-            with Image.open(path_or_array) as img:
-                grey = np.asarray(img.convert("L"))
-        except OSError as exc:
-            raise ValueError(f"Mask file {os.fspath(path_or_array)!r} cannot be read "
-                             f"({exc}).") from None
-        return _threshold_grey(grey, threshold)
-    if hasattr(path_or_array, "convert"):
-        return _threshold_grey(np.asarray(path_or_array.convert("L")), threshold)
+        return read_mask_file(path_or_array, threshold, "path_or_array")
+    if _images._is_pil(path_or_array):
+        grey, top = _pil_grey(path_or_array, "path_or_array")
+        grey = _images.orient(grey, _images.exif_orientation(path_or_array,
+                                                             from_file=False))
+        return _threshold_grey(grey, threshold, top)
     arr = np.asarray(path_or_array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
         # the same grey as PIL's convert("L"), so arrays and files threshold alike
-        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3] @ _L_WEIGHTS
+        arr = arr[..., 0] if arr.shape[-1] == 1 else (arr[..., :3] @ _L_WEIGHTS).astype(
+            arr.dtype if arr.dtype.kind == "u" and arr.dtype.itemsize == 2 else float)
     if arr.ndim != 2:
         raise ValueError(f"path_or_array must be a mask of shape (H, W) or (H, W, C) with "
                          f"C in (1, 3, 4); got shape {arr.shape}.")
@@ -223,11 +231,60 @@ def load_mask(path_or_array, *, threshold=127):
         raise ValueError(f"path_or_array looks like a float mask in [0, 1] (max "
                          f"{arr.max():g}), but grey values in [0, 255] are expected; pass "
                          f"`mask > 0.5` or `mask * 255`.")
+    top = 255
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        top = 65535
+        if 1 < arr.max() <= 255:
+            raise ValueError(
+                f"path_or_array is a uint16 mask with values in [{int(arr.min())}, "
+                f"{int(arr.max())}]; uint16 masks are read as 16-bit, [0, 65535], so it "
+                f"would be all background. Pass mask.astype(np.uint8) for 8-bit values.")
+    if arr.dtype.kind in "iu":
+        return _threshold_grey(arr, threshold, top)
     return arr > threshold
 
 
-def _threshold_grey(grey, threshold):
-    # a 0/1 PNG mask would be all background after a threshold meant for 0/255
-    if grey.max(initial=0) <= 1:
+def read_mask_file(path, threshold, where):
+    """Binary mask from a file, EXIF-rotated; ``DecodeError`` naming ``where`` if unreadable.
+
+    Used by :func:`load_mask` and by ``UBCClassifier`` (with ``where="masks[i]"``).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            orientation = _images.exif_orientation(img, from_file=True)
+            grey, top = _pil_grey(img, f"{where} = {os.fspath(path)!r}")
+    except _images.DecodeError:
+        raise
+    except Exception as exc:
+        raise _images.DecodeError(_images.unreadable_message(
+            where, path, exc, what="a mask image", fix=MASK_FILE_FIX)) from None
+    return _threshold_grey(_images.orient(grey, orientation), threshold, top)
+
+
+MASK_FILE_FIX = ("The file is empty, not an image, truncated or corrupt: re-export the "
+                 "mask as PNG or JPEG.")
+
+
+def _pil_grey(img, where):
+    """Grey values of a PIL mask and the top of their range (255, 65535 or 1.0)."""
+    if img.mode == "F":  # 32-bit float: must lie in [0, 1]
+        return _images.pil_to_array(img, where), 1.0
+    if img.mode in _images._WIDE_MODES:  # 16-bit (or 32-bit integer): full depth
+        arr = np.asarray(img)
+        lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
+        if lo < 0 or hi > 65535:
+            raise _images.DecodeError(
+                f"{where} is a 32-bit integer mask (PIL mode {img.mode!r}) with values in "
+                f"[{lo}, {hi}]; masks are read as 8- or 16-bit. Save it as a 0/255 or "
+                f"0/1 PNG.")
+        return arr, 65535
+    return np.asarray(img.convert("L")), 255
+
+
+def _threshold_grey(grey, threshold, top=255):
+    # a 0/1 mask would be all background after a threshold meant for 0/255
+    if grey.dtype.kind in "iub" and grey.max(initial=0) <= 1:
         return grey.astype(bool)
-    return grey > threshold
+    return grey > threshold * (top / 255.0)
