@@ -4,28 +4,66 @@ The encoder is frozen, so the pooled features of an image depend only on (weight
 preprocessing, pooling, image). One forward pass captures all layers; the store keeps a
 small float32 vector per image (all layers, all poolings) under
 
-    namespace = fingerprint(weights, preprocessing, final norm)
+    namespace = fingerprint(weights, preprocessing, final norm[, autocast dtype])
     key       = hash(image bytes or file content)
 
 so that every later GridSearchCV candidate and fold is a lookup. In memory it is an LRU
-bounded in bytes; with a directory it also keeps one ``.npy`` file per entry, written
-atomically (temp file + rename) and read with ``allow_pickle=False``. An entry that
-cannot be read or has the wrong shape is treated as missing and recomputed.
+bounded in bytes (``SKLEARN_ENDO_STORE_BYTES``, 2 GiB by default); rows are copied in,
+so an entry never keeps a larger array alive.
+
+With a directory, every entry is also a file, written as soon as its batch is computed,
+so a killed run keeps what it computed and the next run computes only the rest:
+
+``<directory>/<namespace>/layout.json``
+    ``{"namespace", "layout": [[layer, pooling, dim], ...], "checksum"}``: what each
+    vector of the namespace holds. A layout that does not parse, names another
+    namespace, fails its checksum, or does not fit the encoder (layers, poolings, dims)
+    is ignored (with a ``FeatureStoreWarning``), recomputed and rewritten.
+``<directory>/<namespace>/<key[:2]>/<key>.npy``
+    a structured ``.npy`` record ``(check: 16 bytes, vec: float32[size])``, read with
+    ``allow_pickle=False``. ``check`` is a blake2b digest of the namespace, the key, the
+    layout and the vector bytes, so an entry whose values, length or name changed (or
+    one written by an older version without a digest) is detected, deleted and
+    recomputed.
+
+Decisions on faults:
+
+- writes go through a temp file ``.<name>.<host>.<pid>.<random>.tmp`` and a rename, so
+  readers see whole entries or none. Temp files left by killed writers are never read;
+  the first write into a namespace in a process removes those whose writer process is
+  gone (same host) or that are older than ``ORPHAN_TMP_AGE_S``.
+- an unwritable directory (read-only, or a path that is a file) raises a ``ValueError``
+  naming ``feature_store`` before the encoder runs (``check_writable``), rather than
+  falling back to memory: a user who asked for files should not silently lose them.
+  A read-only store that already holds every entry is read without complaint.
+- a directory where an entry file should be is treated as a missing entry; the entry
+  is then kept in memory only, with a ``FeatureStoreWarning`` naming the path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import tempfile
 import threading
+import time
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["FeatureStore", "get_store", "clear_feature_store"]
+__all__ = ["FeatureStore", "FeatureStoreWarning", "get_store", "clear_feature_store"]
 
 DEFAULT_MAX_BYTES = int(os.environ.get("SKLEARN_ENDO_STORE_BYTES", 2 * 1024**3))
+ORPHAN_TMP_AGE_S = 600  # a temp file this old is an orphan whoever wrote it
+_HOST = socket.gethostname().replace(".", "-")[:40] or "host"
+_POOLING_ORDER = ("mean", "max", "cls")
+
+
+class FeatureStoreWarning(UserWarning):
+    """A feature-store file was unusable and is being recomputed or kept in memory."""
 
 
 class FeatureStore:
@@ -36,7 +74,14 @@ class FeatureStore:
     max_bytes : int
         Bound of the in-memory part; least recently used entries are dropped first.
     directory : str or None
-        If given, entries are also written there so that other processes find them.
+        If given, entries are also written there (as their batch completes) so that
+        other processes, and later runs, find them. See the module docstring for the
+        file format and how damaged files are handled.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Lookups answered and not answered since the last ``clear``.
     """
 
     def __init__(self, max_bytes=DEFAULT_MAX_BYTES, directory=None):
@@ -44,6 +89,8 @@ class FeatureStore:
         self.directory = directory
         self._mem = OrderedDict()
         self._layouts = {}  # namespace -> [(layer, pooling, dim)] of its vectors
+        self._tags = {}  # namespace -> digest of its layout, part of every entry check
+        self._cleaned = set()  # namespaces whose orphan temp files were removed
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -60,27 +107,85 @@ class FeatureStore:
         with self._lock:
             self._mem.clear()
             self._layouts.clear()
+            self._tags.clear()
             self._bytes = 0
             self.hits = self.misses = 0
 
-    def get_layout(self, namespace):
-        """What each stored vector of ``namespace`` holds, or None if nothing yet."""
+    # ------------------------------------------------------------ directory checks
+    def check_writable(self):
+        """Raise a ValueError naming ``feature_store`` if the directory can't be written."""
+        if self.directory is None:
+            return
+        try:
+            if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+                raise NotADirectoryError("it is a file, not a directory")
+            os.makedirs(self.directory, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.directory, prefix=".probe.",
+                                         suffix=".tmp")
+            os.close(fd)
+            os.remove(probe)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ValueError(
+                f"feature_store={self.directory!r} cannot be written ({reason}), so the "
+                f"features about to be computed could not be kept. Pass a writable "
+                f"directory, feature_store='memory' or feature_store=None."
+            ) from None
+
+    # ------------------------------------------------------------ layouts
+    def get_layout(self, namespace, check=None):
+        """What each stored vector of ``namespace`` holds, or None if nothing valid yet.
+
+        ``check(layout)`` may return a reason (str) why a layout read from disk cannot
+        belong to this namespace; such a layout is ignored with a warning.
+        """
         layout = self._layouts.get(namespace)
-        if layout is None and self.directory is not None:
-            try:
-                with open(os.path.join(self.directory, namespace, "layout.json")) as f:
-                    layout = [tuple(item) for item in json.load(f)]
-            except (OSError, ValueError):
-                return None
-            self._layouts[namespace] = layout
+        if layout is not None or self.directory is None:
+            return layout
+        path = os.path.join(self.directory, namespace, "layout.json")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            return self._bad_layout(path, exc.strerror or str(exc))
+        layout, reason = _parse_layout(raw, namespace)
+        if reason is None and check is not None:
+            reason = check(layout)
+        if reason is not None:
+            return self._bad_layout(path, reason)
+        self._set_layout(namespace, layout)
         return layout
 
-    def put_layout(self, namespace, layout):
-        self._layouts[namespace] = [tuple(item) for item in layout]
-        if self.directory is not None:
-            _atomic_write(os.path.join(self.directory, namespace, "layout.json"),
-                          lambda f: f.write(json.dumps([list(i) for i in layout]).encode()))
+    def _bad_layout(self, path, reason):
+        warnings.warn(f"Ignoring feature store layout {path!r}: {reason}. Its features are "
+                      f"recomputed and the layout rewritten.", FeatureStoreWarning,
+                      stacklevel=4)
+        return None
 
+    def put_layout(self, namespace, layout):
+        layout = [(int(la), str(p), int(d)) for la, p, d in layout]
+        self._set_layout(namespace, layout)
+        if self.directory is not None:
+            doc = {"namespace": namespace, "layout": [list(i) for i in layout],
+                   "checksum": _layout_digest(namespace, layout)}
+            self._clean_orphans(namespace)
+            self._write_file(os.path.join(self.directory, namespace, "layout.json"),
+                             lambda f: f.write(json.dumps(doc).encode()))
+
+    def _set_layout(self, namespace, layout):
+        layout = [tuple(item) for item in layout]
+        old = self._layouts.get(namespace)
+        if old is not None and old != layout:
+            # vectors kept in memory were packed in the old layout: never serve them
+            with self._lock:
+                for k in [k for k in self._mem if k[0] == namespace]:
+                    self._bytes -= self._mem.pop(k).nbytes
+        self._layouts[namespace] = layout
+        self._tags[namespace] = bytes.fromhex(_layout_digest(namespace, layout))
+
+    # ------------------------------------------------------------ entries
     def _path(self, namespace, key):
         return os.path.join(self.directory, namespace, key[:2], key + ".npy")
 
@@ -106,8 +211,15 @@ class FeatureStore:
         return out
 
     def put(self, namespace, keys, vectors):
+        """Keep ``vectors`` (rows of a 2-D array or 1-D arrays) under ``keys``.
+
+        Rows are copied, so the store never holds a view of a larger array. With a
+        directory, each entry is written to its file before this returns.
+        """
+        if self.directory is not None:
+            self._clean_orphans(namespace)
         for key, vec in zip(keys, vectors):
-            vec = np.ascontiguousarray(vec, dtype=np.float32)
+            vec = np.array(vec, dtype=np.float32, copy=True, order="C")
             self._put_mem(namespace, key, vec)
             if self.directory is not None:
                 self._write(namespace, key, vec)
@@ -125,34 +237,155 @@ class FeatureStore:
                 _, dropped = self._mem.popitem(last=False)
                 self._bytes -= dropped.nbytes
 
+    def _check(self, namespace, key, vec):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(namespace.encode())
+        h.update(b"\0" + key.encode() + b"\0")
+        h.update(self._tags.get(namespace, b""))
+        h.update(np.ascontiguousarray(vec, dtype="<f4").data)
+        return np.frombuffer(h.digest(), dtype=np.uint8)
+
     def _read(self, namespace, key, size):
         path = self._path(namespace, key)
         try:
-            vec = np.load(path, allow_pickle=False)
+            rec = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError):
-            vec = None
-        if (vec is None or vec.dtype != np.float32 or vec.shape != (size,)
-                or not np.isfinite(vec).all()):
-            # corrupt or stale: never trust it, drop it and let the caller recompute
+            rec = None
+            if os.path.isdir(path):
+                return None  # handled (with a warning) when the entry is written
+        vec = None
+        if (rec is not None and rec.dtype.names == ("check", "vec") and rec.shape == ()
+                and rec.dtype["vec"].shape == (size,)
+                and rec.dtype["vec"].base == np.dtype("<f4")):
+            vec = np.array(rec["vec"], dtype=np.float32, copy=True)
+            if not (np.isfinite(vec).all()
+                    and np.array_equal(rec["check"], self._check(namespace, key, vec))):
+                vec = None
+        if vec is None:
+            # corrupt, stale or tampered with: never trust it; drop it and recompute
             try:
                 os.remove(path)
             except OSError:
                 pass
-            return None
         return vec
 
     def _write(self, namespace, key, vec):
-        _atomic_write(self._path(namespace, key),
-                      lambda f: np.save(f, vec, allow_pickle=False))
+        dtype = np.dtype([("check", "u1", (16,)), ("vec", "<f4", vec.shape)])
+        rec = np.zeros((), dtype=dtype)
+        rec["check"] = self._check(namespace, key, vec)
+        rec["vec"] = vec
+        self._write_file(self._path(namespace, key),
+                         lambda f: np.save(f, rec, allow_pickle=False))
+
+    def _write_file(self, path, write):
+        if os.path.isdir(path):
+            try:
+                os.rmdir(path)  # an empty directory in the way: remove it
+            except OSError:
+                warnings.warn(
+                    f"Feature store entry {path!r} is a directory, not a file, so this "
+                    f"entry is kept in memory only. Remove that directory to store it.",
+                    FeatureStoreWarning, stacklevel=4)
+                return
+        try:
+            _atomic_write(path, write)
+        except OSError as exc:
+            raise ValueError(
+                f"feature_store={self.directory!r}: writing {path!r} failed "
+                f"({exc.strerror or exc}). Entries written so far are kept; free space "
+                f"or fix permissions, or pass feature_store='memory' or None."
+            ) from None
+
+    def _clean_orphans(self, namespace):
+        """Remove temp files of killed writers from ``namespace`` (once per process)."""
+        if namespace in self._cleaned:
+            return
+        self._cleaned.add(namespace)
+        remove_orphan_temp_files(os.path.join(self.directory, namespace))
+
+
+def remove_orphan_temp_files(folder, max_age_s=ORPHAN_TMP_AGE_S):
+    """Delete ``*.tmp`` files under ``folder`` whose writer is gone; return how many.
+
+    A temp file is an orphan when its name says it was written on this host by a
+    process that no longer runs, or when it is older than ``max_age_s`` seconds (an
+    entry is written in milliseconds, so no live writer holds one that long).
+    """
+    removed, now = 0, time.time()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not name.endswith(".tmp"):
+                continue
+            path = os.path.join(root, name)
+            try:
+                orphan = (_writer_is_gone(name)
+                          or now - os.stat(path).st_mtime > max_age_s)
+                if orphan:
+                    os.remove(path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _writer_is_gone(name):
+    parts = name.split(".")
+    # ".<name>.<host>.<pid>.<random>.tmp" -> ['', name..., host, pid, random, 'tmp']
+    if len(parts) < 5 or parts[-4] != _HOST or not parts[-3].isdigit():
+        return False
+    pid = int(parts[-3])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but belongs to someone else
+        return False
+    return False
+
+
+def _layout_digest(namespace, layout):
+    text = json.dumps([namespace, [[int(la), str(p), int(d)] for la, p, d in layout]])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _parse_layout(raw, namespace):
+    """``layout.json`` bytes -> (layout, None) or (None, reason it is unusable)."""
+    try:
+        doc = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"it does not parse ({exc})"
+    if not isinstance(doc, dict) or set(doc) != {"namespace", "layout", "checksum"}:
+        return None, "it is not a layout written by this version"
+    if doc["namespace"] != namespace:
+        return None, f"it names namespace {doc['namespace']!r}"
+    items = doc["layout"]
+    if not isinstance(items, list) or not items:
+        return None, "its layout is not a non-empty list"
+    layout = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 3
+                and all(type(v) is int for v in item[::2]) and item[1] in _POOLING_ORDER
+                and item[0] >= 0 and item[2] > 0):
+            return None, f"entry {item!r} is not [layer, pooling, dim]"
+        layout.append(tuple(item))
+    order = [(la, _POOLING_ORDER.index(p)) for la, p, _ in layout]
+    if order != sorted(set(order)):
+        return None, "its entries are repeated or out of order"
+    if doc["checksum"] != _layout_digest(namespace, layout):
+        return None, "its checksum does not match its content"
+    return layout, None
 
 
 def _atomic_write(path, write):
     """Write a file through a temp file and a rename: readers see all of it or none."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    prefix = f".{os.path.basename(path)}.{_HOST}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -187,3 +420,4 @@ def clear_feature_store():
     with _STORES_LOCK:
         for store in _STORES.values():
             store.clear()
+            store._cleaned.clear()

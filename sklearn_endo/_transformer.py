@@ -6,20 +6,22 @@ import hashlib
 import json
 import numbers
 import os
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._encoders import resolve_device, resolve_encoder
-from ._extract import extract, layout_of, offsets, pack
+from ._extract import autocast_dtype, extract, iter_extract, layout_of, offsets, pack
 from ._images import check_images, image_hashes
-from ._store import get_store
+from ._store import FeatureStoreWarning, get_store
 
 __all__ = ["LayerFeatureTransformer"]
 
 POOLINGS = ("mean", "max", "cls", "cls+mean")
 _LAYOUTS = {}  # store namespace -> layout, learnt from the first pass of this process
+_LOOKUP_CHUNK = 256  # store rows held at once while copying the requested columns out
 
 
 class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
@@ -44,7 +46,9 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         the end (``-1`` is the last block). A list concatenates layers in its order. For
         ViTs the blocks are the transformer blocks; for CNNs every residual or
         inverted-residual block in forward order. ``n_layers_`` and ``layer_names_``
-        tell what there is after ``fit``.
+        tell what there is after ``fit``. A layer may appear once in a list (``[2, -3]``
+        on a 4-block encoder names layer 2 twice and is refused): repeated columns add
+        nothing and would give repeated feature names.
     pooling : {"mean", "cls", "cls+mean", "max"}, default="mean"
         ``"mean"`` averages the patch tokens without class/register tokens (or the
         spatial map of a CNN); ``"cls"`` takes the class token (ViTs only);
@@ -69,17 +73,25 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` picks cuda, then mps, then cpu.
     amp : bool, default=True
-        Mixed precision (bfloat16 or float16 autocast) on CUDA; ignored on CPU.
+        Mixed precision (bfloat16 or float16 autocast) on CUDA; ignored on CPU. On CUDA
+        the autocast dtype is part of the feature-store key, so features computed with
+        and without it never share entries (on CPU the key does not depend on ``amp``).
     num_workers : int or "auto", default="auto"
         DataLoader workers that decode image files while the encoder runs; ``"auto"``
         uses up to 4 for file paths and 0 for in-memory images.
     feature_store : "memory", str path or None, default="memory"
         ``"memory"``: a process-wide LRU store (``SKLEARN_ENDO_STORE_BYTES`` bounds it,
         2 GiB by default). A directory path: the same, also written to files that other
-        processes (``n_jobs=2``) read. ``None``: no store; the pass stops after the
-        deepest requested layer.
-    verbose : bool, default=False
-        Show a progress bar while the encoder runs.
+        processes (``n_jobs=2``) and later runs read. Entries are written as each batch
+        completes, so an interrupted run keeps what it computed; damaged or stale files
+        are detected (checksums) and recomputed. A directory that cannot be written
+        raises a ``ValueError`` before the encoder runs (when something is missing).
+        ``None``: no store; the pass stops after the deepest requested layer.
+        Either way the pass streams batch by batch: peak memory is bounded by
+        ``batch_size`` and the store's byte bound, plus the returned array.
+    verbose : bool, default=True
+        Show a progress bar (``tqdm.auto``) for encoder passes that last longer than
+        2 seconds; it is removed when the pass ends. ``False`` silences it.
 
     Attributes
     ----------
@@ -119,7 +131,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
     def __init__(self, encoder, layer=-1, *, pooling="mean", final_norm=False,
                  pretrained=True, checkpoint_path=None, img_size=None, crop_pct=None,
                  batch_size=32, device="auto", amp=True, num_workers="auto",
-                 feature_store="memory", verbose=False):
+                 feature_store="memory", verbose=True):
         self.encoder = encoder
         self.layer = layer
         self.pooling = pooling
@@ -165,8 +177,11 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                              f"{list(POOLINGS)}.")
         if not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r} must be a positive integer.")
-        if self.crop_pct is not None and not (0 < float(self.crop_pct) <= 1):
-            raise ValueError(f"crop_pct={self.crop_pct!r} must be None or in (0, 1].")
+        cp = self.crop_pct
+        if cp is not None and (isinstance(cp, bool) or not isinstance(cp, numbers.Real)
+                               or not 0 < cp <= 1):
+            raise ValueError(f"crop_pct={cp!r} must be None (resize the whole image) or "
+                             f"a number in (0, 1], e.g. 0.875 as in timm's evaluation.")
         if not (self.num_workers == "auto" or (isinstance(self.num_workers, numbers.Integral)
                                                and self.num_workers >= 0)):
             raise ValueError(f"num_workers={self.num_workers!r} must be 'auto' or an "
@@ -175,9 +190,12 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         if not (fs is None or fs == "memory" or isinstance(fs, (str, os.PathLike))):
             raise ValueError(f"feature_store={fs!r} must be 'memory', a directory path or "
                              f"None.")
+        if fs is not None and fs != "memory" and os.path.exists(fs) and not os.path.isdir(fs):
+            raise ValueError(f"feature_store={os.fspath(fs)!r} is a file, not a directory; "
+                             f"pass a directory path (created if missing), 'memory' or None.")
         resolve_device(self.device)
 
-    def _normalize_layers(self, n_layers, layer=None):
+    def _normalize_layers(self, n_layers, layer=None, unique=True):
         layer = self.layer if layer is None else layer
         many = isinstance(layer, (list, tuple, np.ndarray))
         items = list(layer) if many else [layer]
@@ -196,6 +214,12 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                     f"counting from the end."
                 )
             out.append(item if item >= 0 else n_layers + 1 + item)
+        if not unique:
+            return list(dict.fromkeys(out))
+        if len(set(out)) < len(out):
+            repeated = sorted({la for la in out if out.count(la) > 1})
+            raise ValueError(f"layer={layer!r} names layer(s) {repeated} more than once "
+                             f"(as indices 0..{n_layers}: {out}); list each layer once.")
         return out
 
     def _get_handle(self):
@@ -261,8 +285,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         features : ndarray of shape (n_samples, n_features), float32
         """
         check_is_fitted(self)
-        feats = self._features(X, self.layers_)
-        return np.concatenate([feats[la] for la in self.layers_], axis=1)
+        return self._features(X, self.layers_, split=False)
 
     def layer_features(self, X, layers=None):
         """Features of several layers from one encoder pass (or store lookups).
@@ -271,7 +294,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         ----------
         X : array-like of images
         layers : list of int or None, default=None
-            Layers to return (negative allowed); ``None`` returns every layer.
+            Layers to return (negative allowed; repeats are returned once); ``None``
+            returns every layer.
 
         Returns
         -------
@@ -282,8 +306,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         if layers is None:
             wanted = list(range(self.n_layers_ + 1))
         else:
-            wanted = self._normalize_layers(self.n_layers_, list(layers))
-        return self._features(X, wanted)
+            wanted = self._normalize_layers(self.n_layers_, list(layers), unique=False)
+        return self._features(X, wanted, split=True)
 
     def get_feature_names_out(self, input_features=None):
         """Names like ``layer21_mean_0``, one per output column."""
@@ -302,55 +326,167 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         spec = {"weights": handle.fingerprint, "blocks": handle.layer_names,
                 "data": handle.data_config, "crop_pct": self.crop_pct,
                 "final_norm": bool(self.final_norm), "v": 1}
+        amp_dtype = autocast_dtype(next(handle.module.parameters()).device, self.amp)
+        if amp_dtype is not None:  # CPU keys stay as they were: old stores stay valid
+            spec["amp"] = str(amp_dtype)
         return hashlib.blake2b(json.dumps(spec, sort_keys=True, default=str).encode(),
                                digest_size=16).hexdigest()
 
-    def _extract(self, handle, images, indices, layers, stop_early):
-        return extract(handle, images, indices, layers=layers, final_norm=self.final_norm,
-                       stop_early=stop_early, batch_size=self.batch_size, amp=self.amp,
-                       num_workers=self.num_workers, crop_pct=self.crop_pct,
-                       verbose=self.verbose)
+    def _iter(self, handle, images, indices, layers, stop_early):
+        return iter_extract(handle, images, indices, layers=layers,
+                            final_norm=self.final_norm, stop_early=stop_early,
+                            batch_size=self.batch_size, amp=self.amp,
+                            num_workers=self.num_workers, crop_pct=self.crop_pct,
+                            verbose=self.verbose)
 
     def _probe_layout(self, handle):
         size = handle.data_config["input_size"]
         probe = check_images(np.zeros((1, *size, 3), dtype=np.uint8))
-        feats = self._extract(handle, probe, [0], range(handle.n_layers + 1), False)
+        feats = extract(handle, probe, [0], layers=range(handle.n_layers + 1),
+                        final_norm=self.final_norm, stop_early=False, amp=self.amp,
+                        num_workers=0, crop_pct=self.crop_pct, verbose=False)
         return _LAYOUTS.setdefault(self._namespace(handle), layout_of(feats))
 
-    def _features(self, X, layers):
+    def _features(self, X, layers, *, split):
+        """Features of ``layers`` (non-negative) for X, streamed batch by batch.
+
+        Only the requested columns are kept for all images: rows of every layer are
+        held one batch (or one chunk of store lookups) at a time, and go to the store
+        (and its files) as each batch completes. Returns one (n, width) array, or a
+        dict layer -> array with ``split=True``.
+        """
         images = check_images(X)
         handle = self._get_handle()
-        poolings = self.pooling.split("+")
+        refresh = getattr(handle, "refresh", None)
+        if refresh is not None:  # the namespace follows in-place weight edits
+            refresh()
+        out = _Columns(len(images), layers, self.pooling.split("+"), split, handle)
         if self.feature_store is None:
-            feats = self._extract(handle, images, range(len(images)), layers, True)
-            return {la: _concat(feats, la, poolings) for la in layers}
+            for start, stop, feats in self._iter(handle, images, range(len(images)),
+                                                 layers, True):
+                out.fill(np.arange(start, stop), None, feats)
+            return out.result()
 
         store = get_store(self.feature_store)
         ns = self._namespace(handle)
-        layout = store.get_layout(ns)
-        keys = image_hashes(images)
-        rows = store.get(ns, keys, offsets(layout)[1]) if layout else [None] * len(keys)
-        todo = {}
-        for i, (key, row) in enumerate(zip(keys, rows)):
-            if row is None:
-                todo.setdefault(key, i)  # duplicates of one image are computed once
+        layout = store.get_layout(ns, check=lambda lay: _layout_problem(lay, handle, ns))
+        where = {}  # image key -> its positions in X (duplicates are computed once)
+        for i, key in enumerate(image_hashes(images)):
+            where.setdefault(key, []).append(i)
+        todo = list(where) if layout is None else self._lookup(store, ns, layout, where, out)
         if todo:
-            feats = self._extract(handle, images, list(todo.values()),
-                                  range(handle.n_layers + 1), False)
-            if layout is None:
-                layout = layout_of(feats)
-                store.put_layout(ns, layout)
-            packed = pack(feats, layout)
-            store.put(ns, list(todo), packed)
-            fresh = dict(zip(todo, packed))
-            rows = [fresh[k] if r is None else r for k, r in zip(keys, rows)]
+            store.check_writable()  # before the pass, not after it
+            first = [where[k][0] for k in todo]
+            stale = False
+            for start, stop, feats in self._iter(handle, images, first,
+                                                 range(handle.n_layers + 1), False):
+                fresh = layout_of(feats)
+                if layout is None:
+                    layout = fresh
+                    store.put_layout(ns, layout)
+                elif fresh != layout:
+                    stale = True
+                    break
+                rows = pack(feats, layout)
+                store.put(ns, todo[start:stop], rows)
+                out.fill_keys(todo[start:stop], where, rows, layout)
+            if stale:
+                warnings.warn(f"The stored layout of feature store namespace {ns} does "
+                              f"not match this encoder's features; recomputing them.",
+                              FeatureStoreWarning, stacklevel=3)
+                store.put_layout(ns, fresh)
+                _LAYOUTS[ns] = fresh
+                return self._features(X, layers, split=split)
         _LAYOUTS.setdefault(ns, layout)  # for get_feature_names_out
-        table = np.stack(rows)
+        return out.result()
+
+    def _lookup(self, store, ns, layout, where, out):
+        """Copy the requested columns of stored rows into ``out``; return missing keys."""
+        size = offsets(layout)[1]
+        keys, todo = list(where), []
+        for c in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[c:c + _LOOKUP_CHUNK]
+            found = store.get(ns, chunk, size)
+            hits = [k for k, row in zip(chunk, found) if row is not None]
+            todo += [k for k, row in zip(chunk, found) if row is None]
+            if hits:
+                out.fill_keys(hits, where, np.stack([r for r in found if r is not None]),
+                              layout)
+        return todo
+
+
+class _Columns:
+    """The output being filled: the requested (layer, pooling) columns for n images."""
+
+    def __init__(self, n, layers, poolings, split, handle):
+        self.n, self.layers, self.poolings, self.split = n, layers, poolings, split
+        self.handle = handle
+        self.targets = None  # [(layer, pooling, array, first column)]
+        self.filled = np.zeros(n, dtype=bool)
+
+    def _allocate(self, dims):
+        for la in self.layers:
+            for p in self.poolings:
+                if (la, p) not in dims:
+                    raise ValueError(
+                        f"pooling={p!r} is not available at layer {la} "
+                        f"({self.handle.layer_names[la]!r}) of {self.handle.name!r}: its "
+                        f"output has no class token. Use pooling='mean' or 'max'.")
+        widths = {la: sum(dims[(la, p)] for p in self.poolings) for la in self.layers}
+        self.targets = []
+        if self.split:
+            self.arrays = {la: np.empty((self.n, widths[la]), np.float32)
+                           for la in self.layers}
+            starts = dict.fromkeys(self.layers, 0)
+        else:
+            self.arrays = np.empty((self.n, sum(widths.values())), np.float32)
+            starts, col = {}, 0
+            for la in self.layers:
+                starts[la], col = col, col + widths[la]
+        for la in self.layers:
+            col = starts[la]
+            for p in self.poolings:
+                arr = self.arrays[la] if self.split else self.arrays
+                self.targets.append((la, p, arr, col))
+                col += dims[(la, p)]
+
+    def fill(self, positions, rows, blocks):
+        """``out[positions] = blocks[(la, p)][rows]`` for every requested column block."""
+        if self.targets is None:
+            self._allocate({k: v.shape[1] for k, v in blocks.items()})
+        for la, p, arr, col in self.targets:
+            block = blocks[(la, p)]
+            if rows is not None:
+                block = block[rows]
+            arr[positions, col:col + block.shape[1]] = block
+        self.filled[positions] = True
+
+    def fill_keys(self, keys, where, packed, layout):
+        """Fill every position of each key from its packed row (row ``j`` of ``keys[j]``)."""
         spans, _ = offsets(layout)
-        return {la: np.concatenate([table[:, slice(*spans[(la, p)])] for p in poolings],
-                                   axis=1) for la in layers}
+        rows = np.asarray([j for j, k in enumerate(keys) for _ in where[k]], dtype=np.intp)
+        positions = np.asarray([i for k in keys for i in where[k]], dtype=np.intp)
+        self.fill(positions, rows, {k: packed[:, a:b] for k, (a, b) in spans.items()})
+
+    def result(self):
+        if not self.filled.all():  # a bug, never a silent row of garbage
+            raise RuntimeError(f"{int((~self.filled).sum())} image(s) got no features.")
+        return self.arrays
 
 
-def _concat(feats, layer, poolings):
-    return np.concatenate([feats[(layer, p)] for p in poolings], axis=1)
-
+def _layout_problem(layout, handle, namespace):
+    """Why a stored layout cannot be this encoder's, or None if it can."""
+    known = _LAYOUTS.get(namespace)
+    if known is not None:
+        return None if list(layout) == known else "it differs from this encoder's features"
+    layers = sorted({la for la, _, _ in layout})
+    if layers != list(range(handle.n_layers + 1)):
+        return (f"it has layers {layers[0]}..{layers[-1]} ({len(layers)}) but the encoder "
+                f"has 0..{handle.n_layers}")
+    for la in layers:
+        items = {p: d for l2, p, d in layout if l2 == la}
+        if not {"mean", "max"} <= set(items) or len(set(items.values())) != 1:
+            return f"layer {la} does not have one width for mean and max pooling"
+        if "cls" in items and handle.num_prefix_tokens == 0:
+            return f"layer {la} has a class token but the encoder has none"
+    return None
