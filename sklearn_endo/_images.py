@@ -287,8 +287,8 @@ def _check_value_range(arr, where, name):
             raise ValueError(
                 f"{name}{where} is a uint16 array with values in [{int(arr.min())}, {hi}]. "
                 f"uint16 images are read as 16-bit, [0, 65535], so this one would be almost "
-                f"black: if it holds 8-bit values pass {name}.astype(np.uint8); if it is "
-                f"really 16-bit, pass {name} / 65535 as floats."
+                f"black: if it holds 8-bit values pass {name}{where}.astype(np.uint8); if "
+                f"it is really 16-bit, pass {name}{where} / 65535 as floats."
             )
     else:  # other integer types: only 0..255 makes sense
         lo, hi = int(arr.min()), int(arr.max())

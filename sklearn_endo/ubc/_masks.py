@@ -7,9 +7,14 @@
 * a sequence of length N whose entries are ``None`` (no mask for that sample), a mask
   file path (JPEG/PNG; decoded lazily), a 2-D numpy array or a PIL image.
 
-File masks are thresholded (pixel > 127 is foreground), because JPEG compression
-leaves grey values around the edges of 0/255 masks; files holding only 0 and 1 are
-read as they are. Masks are resized to the model's input size with nearest neighbour.
+File masks are thresholded (pixel > 127 is foreground, half the range for 16-bit
+files), because JPEG compression leaves grey values around the edges of 0/255 masks;
+files holding only 0 and 1 are read as they are. Mask files and PIL masks are turned
+as their EXIF orientation says, exactly as images are, so a mask drawn on the image as
+viewers show it stays aligned; sizes are compared after that turn. Masks are resized to
+the model's input size with nearest neighbour. A mask file that cannot be decoded
+raises a ``DecodeError`` (a ValueError) naming ``masks[i]`` and the file, also from a
+DataLoader worker.
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import load_mask
+from .._images import (
+    DecodeError,
+    _is_pil,
+    _WIDE_MODES,
+    exif_orientation,
+    image_sizes,
+    orient,
+    read_header,
+    unreadable_message,
+)
+from ..datasets._loaders import MASK_FILE_FIX, read_mask_file
 
 
 @dataclass
@@ -47,8 +62,8 @@ class Masks:
         if not self.has[i]:
             return torch.zeros(size, dtype=dtype), False
         item = self.data[i]
-        arr = _read_mask_file(item, self.n_mask_classes) if _is_pathlike(item) else (
-            _as_array(item))
+        arr = _read_mask_file(item, self.n_mask_classes, f"masks[{i}]") if (
+            _is_pathlike(item)) else _as_array(item)
         return _resize_nearest(arr, size, dtype), True
 
 
@@ -57,30 +72,38 @@ def _is_pathlike(x):
 
 
 def _as_array(item):
-    if hasattr(item, "mode") and hasattr(item, "size"):  # PIL image
-        item = np.asarray(item.convert("L") if item.mode not in ("L", "1", "I", "P")
-                          else item)
+    if _is_pil(item):
+        orientation = exif_orientation(item, from_file=False)
+        # 16-bit and label modes keep their values; colour is turned grey
+        item = orient(np.asarray(item if item.mode in ("L", "1", "P") + _WIDE_MODES
+                                 else item.convert("L")), orientation)
     arr = np.asarray(item)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     return arr
 
 
-def _read_mask_file(path, n_mask_classes):
+def _read_mask_file(path, n_mask_classes, where="masks"):
     if n_mask_classes == 1:
-        return load_mask(path)
+        return read_mask_file(path, 127, where)
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I") else img)
-    except OSError as exc:
-        raise ValueError(f"Mask file {os.fspath(path)!r} cannot be read ({exc}).") from None
-    if arr.max(initial=0) >= n_mask_classes:  # label maps must be stored losslessly
-        raise ValueError(
-            f"Mask file {os.fspath(path)!r} holds label {int(arr.max())}, but "
-            f"n_mask_classes={n_mask_classes} allows 0..{n_mask_classes - 1}. Save "
-            f"label maps as PNG (not JPEG) or raise n_mask_classes."
+            orientation = exif_orientation(img, from_file=True)
+            arr = np.asarray(img.convert("L") if img.mode not in ("L", "P") + _WIDE_MODES
+                             else img)
+    except Exception as exc:
+        raise DecodeError(unreadable_message(where, path, exc, what="a mask image",
+                                             fix=MASK_FILE_FIX)) from None
+    arr = orient(arr, orientation)
+    if arr.dtype.kind == "f" or arr.min(initial=0) < 0 or (
+            arr.max(initial=0) >= n_mask_classes):  # label maps must be stored losslessly
+        raise DecodeError(
+            f"{where} = {os.fspath(path)!r} holds values in [{arr.min()}, {arr.max()}], "
+            f"but n_mask_classes={n_mask_classes} allows integer labels "
+            f"0..{n_mask_classes - 1}. Save label maps as PNG (not JPEG) or raise "
+            f"n_mask_classes."
         )
     return arr
 
@@ -90,27 +113,6 @@ def _resize_nearest(arr, size, dtype):
     if tuple(t.shape) != tuple(size):
         t = F.interpolate(t[None, None], size=tuple(size), mode="nearest-exact")[0, 0]
     return t.to(dtype)
-
-
-def image_sizes(images, indices):
-    """(H, W) of images ``indices`` of a validated :class:`Images` (headers only)."""
-    if images.kind == "array":
-        h, w = images.data.shape[1:3]
-        return {i: (h, w) for i in indices}
-    out = {}
-    for i in indices:
-        item = images.data[i]
-        if images.kind == "paths":
-            from PIL import Image
-
-            with Image.open(item) as img:
-                w, h = img.size
-        elif isinstance(item, np.ndarray):
-            h, w = item.shape[:2]
-        else:
-            w, h = item.size
-        out[i] = (h, w)
-    return out
 
 
 def _check_values(arr, where, n_mask_classes, name):
@@ -211,13 +213,9 @@ def check_masks(masks, images, *, n_mask_classes=1, name="masks"):
         raise ValueError(
             f"{name} names {len(missing)} file(s) that do not exist, e.g. {missing[0]!r}."
         )
-    if files:
-        from PIL import Image
-
-        for i in files:
-            with Image.open(items[i]) as img:
-                w, h = img.size
-            sizes[i] = (h, w)
+    for i in files:  # headers only; EXIF-rotated like the images
+        sizes[i] = read_header(items[i], f"{name}[{i}]", what="a mask image",
+                               fix=MASK_FILE_FIX)[1]
     _check_sizes(sizes, images, name)
     data = np.empty(n, dtype=object)
     data[:] = items
