@@ -104,3 +104,56 @@ def test_decoder_gets_gradient_only_from_samples_with_masks(pooling):
     other = _decoder_grads(net, x2, y, masks2, has)
     for a, b in zip(ref, other):
         torch.testing.assert_close(a, b)
+
+
+def test_sample_weight_gives_weighted_means_of_both_terms():
+    """Hand-written: sum(w * term) / sum(w) over the samples each term covers."""
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.0], [0.2, 0.1]])
+    mask_logits = torch.tensor([[[[0.0, 2.0], [-2.0, 1.0]]],
+                                [[[1.0, 1.0], [1.0, 1.0]]],
+                                [[[-3.0, 0.5], [0.0, 4.0]]],
+                                [[[0.3, -0.3], [2.0, -2.0]]]])
+    y = torch.tensor([0, -1, 1, 1])  # sample 1 unlabeled
+    masks = torch.tensor([[[0.0, 1.0], [0.0, 1.0]],
+                          [[1.0, 1.0], [0.0, 0.0]],
+                          [[9.0, 9.0], [9.0, 9.0]],  # no mask
+                          [[1.0, 0.0], [1.0, 0.0]]])
+    has = torch.tensor([True, True, False, True])
+    w = [0.5, 3.0, 2.0, 1.5]
+    alpha, eps = 0.4, 1.0
+    loss = UBCLoss(alpha=alpha, dice_smooth=eps)(logits, mask_logits, y, masks, has,
+                                                 torch.tensor(w))
+
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    ce = {0: _ce([2.0, -1.0], 0), 2: _ce([-1.0, 1.0], 1), 3: _ce([0.2, 0.1], 1)}
+    dice = {0: _dice([sig(v) for v in (0.0, 2.0, -2.0, 1.0)], [0, 1, 0, 1], eps),
+            1: _dice([sig(1.0)] * 4, [1, 1, 0, 0], eps),
+            3: _dice([sig(v) for v in (0.3, -0.3, 2.0, -2.0)], [1, 0, 1, 0], eps)}
+    ce_term = sum(w[i] * ce[i] for i in ce) / sum(w[i] for i in ce)
+    dice_term = sum(w[i] * (1 - dice[i]) for i in dice) / sum(w[i] for i in dice)
+    assert loss.item() == pytest.approx(alpha * ce_term + (1 - alpha) * dice_term, rel=1e-6)
+
+    # unit weights are the unweighted loss; an integer weight counts as a repeat
+    ones = UBCLoss(alpha=alpha)(logits, mask_logits, y, masks, has, torch.ones(4))
+    plain = UBCLoss(alpha=alpha)(logits, mask_logits, y, masks, has)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-7)
+    rep = [0, 0, 1, 2, 3]
+    repeated = UBCLoss(alpha=alpha)(logits[rep], mask_logits[rep], y[rep], masks[rep],
+                                    has[rep])
+    weighted = UBCLoss(alpha=alpha)(logits, mask_logits, y, masks, has,
+                                    torch.tensor([2.0, 1.0, 1.0, 1.0]))
+    assert weighted.item() == pytest.approx(repeated.item(), rel=1e-6)
+
+
+def test_zero_weights_give_a_zero_term_and_finite_gradients():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    mask_logits = torch.zeros(2, 1, 2, 2, requires_grad=True)
+    y, masks = torch.tensor([0, 1]), torch.ones(2, 2, 2)
+    has = torch.tensor([True, False])
+    # sample 0 (the only one with a mask) has weight 0: the Dice term is 0
+    loss = UBCLoss(alpha=0.5)(logits, mask_logits, y, masks, has, torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx(0.5 * _ce([0.0, 1.0], 1))
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(mask_logits.grad).all()
+    assert torch.count_nonzero(mask_logits.grad) == 0
+    assert torch.count_nonzero(logits.grad[0]) == 0

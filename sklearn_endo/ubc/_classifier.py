@@ -673,7 +673,7 @@ def _check_sample_weight(sample_weight, n):
     if bad.size:
         raise ValueError(
             f"sample_weight must be finite and >= 0; sample_weight[{bad[0]}] = "
-            f"{w[bad[0]]!r}. Drop that sample or give it weight 0."
+            f"{float(w[bad[0]])!r}. Drop that sample or give it weight 0."
         )
     if not w.any():
         raise ValueError("sample_weight is 0 for every sample; nothing would be trained.")
