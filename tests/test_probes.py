@@ -5,7 +5,10 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils import check_random_state
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.exceptions import SkipTestWarning
+from sklearn.utils import estimator_checks as ec
+from sklearn.utils import get_tags
+from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
 
 from sklearn_endo.probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
 
@@ -190,6 +193,31 @@ def _knn_data():
     X = rng.normal(size=(40, 6))
     y = rng.randint(0, 3, 40)
     return X[:30], y[:30], X[30:]
+
+
+@pytest.mark.parametrize("check", [
+    ec.check_estimator_cloneable, ec.check_estimator_tags_renamed,
+    ec.check_valid_tag_types, ec.check_estimator_repr, ec.check_no_attributes_set_in_init,
+    ec.check_estimators_unfitted, ec.check_do_not_raise_errors_in_init_or_set_params,
+    ec.check_mixin_order, ec.check_parameters_default_constructible,
+    ec.check_get_params_invariance, ec.check_set_params,
+], ids=lambda c: c.__name__)
+def test_batched_probe_api_checks(check):
+    """The API checks that need no table (the others cannot feed a list of layers)."""
+    check("MultiLayerLinearProbe", MultiLayerLinearProbe(random_state=0))
+
+
+def test_batched_probe_declares_layered_input():
+    tags = get_tags(MultiLayerLinearProbe())
+    assert tags.input_tags.two_d_array is False and tags.input_tags.dict is True
+    assert tags.target_tags.required is True
+    with pytest.warns(SkipTestWarning, match="Can't test estimator MultiLayerLinearProbe"):
+        results = check_estimator(MultiLayerLinearProbe(), on_fail=None)
+    assert [(r["check_name"], r["status"]) for r in results] == [
+        ("check_estimator_cloneable", "passed")]
+    feats, _ = _layered_data(n=20)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        MultiLayerLinearProbe().fit(feats, np.linspace(0.1, 2.0, 20))
 
 
 def test_knn_dino_weighting_by_hand():

@@ -479,3 +479,13 @@ class MultiLayerLinearProbe(BaseEstimator):
     def score(self, Xs, y):
         """List of per-layer accuracies."""
         return [float(np.mean(p == np.asarray(y))) for p in self.predict(Xs)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Xs is a list, or a dict {layer: array}, of 2-D feature arrays with one row per
+        # sample and a width per layer; never one table, nor one 3-D array
+        tags.input_tags.two_d_array = False
+        tags.input_tags.dict = True
+        tags.target_tags.required = True
+        tags.non_deterministic = self.random_state is None
+        return tags
