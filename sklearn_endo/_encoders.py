@@ -6,17 +6,40 @@ by the spec, so that ``clone()`` (called per candidate and fold by GridSearchCV)
 pickling never copy them. A module passed in is used as it is: it runs in eval mode under
 ``torch.inference_mode`` and is never modified in place (its ``training`` flag is restored
 after each pass; it is copied only when it must move to another device).
+
+What identifies an encoder:
+
+- a timm name: the name, ``pretrained``, ``img_size``, the device and, for
+  ``checkpoint_path``, the file's path, size, inode, device and change times (a file
+  replaced with its mtime kept, as ``cp -p`` or ``rsync -t`` do, still has a new ctime);
+- a callable: what it is, not where it lives: functions (lambdas and closures included)
+  by the function object itself, which the registry keeps alive so that its identity
+  cannot pass to another; ``functools.partial`` objects and callable instances by their
+  pickled content, with the functions and classes they name again by identity;
+- a module: the object, with its weights checked on every use (:meth:`EncoderHandle.refresh`).
+
+Every handle carries a fingerprint of its weights, and ``refresh`` notices weights edited
+in place (``p.data.mul_(2)`` included) by a cheap per-tensor checksum, recomputing the
+fingerprint only when they changed.
+
+Named encoders with ``pretrained=False`` always get the same random weights: timm's
+initialisation under ``torch.manual_seed(0)``, whatever the global torch seed, so that
+every process (``n_jobs`` workers, later sessions) computes the same fingerprint and
+shares the feature store. For other random weights pass a module or a callable.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
+import io
+import numbers
 import os
 import pickle
 import socket
 import threading
-import weakref
+import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -24,9 +47,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-__all__ = ["WeightsUnavailableError", "resolve_encoder", "resolve_device"]
+from ._blocks import find_blocks, probe_formats
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList)
+__all__ = ["WeightsUnavailableError", "resolve_encoder", "resolve_device"]
 
 
 class WeightsUnavailableError(ValueError):
@@ -34,26 +57,51 @@ class WeightsUnavailableError(ValueError):
 
 
 def resolve_device(device):
-    """'auto' -> cuda, mps or cpu; otherwise ``torch.device(device)``."""
+    """'auto' -> cuda, mps or cpu; otherwise ``torch.device(device)``, checked to exist."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps") if mps_ok else torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(
             f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda', "
             f"'cuda:0' or 'mps'."
         ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r}, but CUDA is not available here "
+                f"(torch.cuda.is_available() is False); use device='auto' (the best "
+                f"device present) or device='cpu'."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}, but only {torch.cuda.device_count()} CUDA device(s) "
+                f"exist (cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of "
+                f"those, 'auto' or 'cpu'."
+            )
+    if dev.type == "mps" and not mps_ok:
+        raise ValueError(
+            f"device={device!r}, but the MPS backend is not available here "
+            f"(torch.backends.mps.is_available() is False); use device='auto' (the best "
+            f"device present) or device='cpu'."
+        )
+    return dev
 
 
 @dataclass
 class EncoderHandle:
-    """A frozen encoder and what the package needs to know about it."""
+    """A frozen encoder and what the package needs to know about it.
+
+    ``block_formats`` has one entry per layer (0 = input of the first block, then every
+    block's output): 'NCHW', 'NHWC', 'NLC', 'NC' or None, read from the shapes of a probe
+    pass, not from the model's attributes. ``output_fmt`` is the layout shared by all
+    4-D outputs.
+    """
 
     module: nn.Module
     name: str
@@ -63,7 +111,11 @@ class EncoderHandle:
     output_fmt: str = "NCHW"  # of 4-D block outputs
     num_prefix_tokens: int = 0  # class/register tokens of 3-D block outputs
     final_norm: nn.Module | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    block_formats: list = field(default_factory=list)
+    source: nn.Module | None = field(default=None, repr=False)  # user module copied here
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _signature: tuple = field(default=(), repr=False)
+    _size: tuple | None = field(default=None, repr=False)
 
     @property
     def n_layers(self):
@@ -73,53 +125,45 @@ class EncoderHandle:
     def layer_names(self):
         return [f"input of {self.blocks[0][0]}"] + [n for n, _ in self.blocks]
 
+    def refresh(self):
+        """Recompute ``fingerprint`` if the weights changed since it was taken.
 
-# ---------------------------------------------------------------- block discovery
-def _n_param_modules(module):
-    return sum(1 for m in module.modules() if any(True for _ in m.parameters(recurse=False)))
+        Costs a per-tensor checksum of the weights (about 40 ms for a ViT-B/16 on one
+        CPU core, a tenth of one forward pass of one image), not a full hash. When the
+        handle runs a copy of a user's module (on another device), the copy is updated
+        from the module first; when modules were added, removed or replaced, blocks and
+        layouts are found again.
 
-
-def _is_stage_like(module):
-    """A container: Sequential/ModuleList, or a module whose children all share a class."""
-    if isinstance(module, _CONTAINERS) or type(module).__name__.lower().endswith("stage"):
-        return True
-    kids = list(module.children())
-    return len(kids) >= 2 and len({type(k) for k in kids}) == 1
-
-
-def find_blocks(model):
-    """Every residual / transformer block of ``model`` in registration (forward) order.
-
-    A block is a composite module (two or more parametrised submodules) held by a
-    container, that holds no such blocks itself. This yields the transformer blocks of
-    ViTs and every BasicBlock/Bottleneck/InvertedResidual/ConvNeXt block of CNNs, not
-    only the stage ends, and skips stems, downsamplers and heads built from plain layers.
-    """
-    found = []
-
-    def visit(name, module):
-        """Return True if ``module`` contains blocks (then it is not one itself)."""
-        inner = False
-        container = _is_stage_like(module)
-        for child_name, child in module.named_children():
-            full = f"{name}.{child_name}" if name else child_name
-            if visit(full, child):
-                inner = True
-            elif (container and not isinstance(child, _CONTAINERS)
-                  and _n_param_modules(child) >= 2):
-                found.append((full, child))
-                inner = True
-        return inner
-
-    visit("", model)
-    # a block found inside another found block is a sub-part (e.g. a stage's downsample)
-    names = [n for n, _ in found]
-    return [(n, m) for n, m in found
-            if not any(n != o and n.startswith(o + ".") for o in names)]
+        Returns
+        -------
+        changed : bool
+            Whether the weights (and so the fingerprint) changed.
+        """
+        with self.lock:
+            source = self.source if self.source is not None else self.module
+            signature = _weights_signature(source)
+            if signature == self._signature:
+                return False
+            structure_changed = not self._signature or signature[0] != self._signature[0]
+            if self.source is not None:
+                device = next(self.module.parameters()).device
+                if structure_changed:
+                    self.module = copy.deepcopy(self.source).to(device)
+                else:
+                    self.module.load_state_dict(self.source.state_dict())
+            if structure_changed:
+                fresh = _make_handle(self.module, self.name, self._size, source=self.source)
+                for f in ("blocks", "output_fmt", "num_prefix_tokens", "final_norm",
+                          "block_formats", "data_config"):
+                    setattr(self, f, getattr(fresh, f))
+            self.fingerprint = weights_fingerprint(self.module)
+            self._signature = signature
+            return True
 
 
 # ---------------------------------------------------------------- fingerprints
 def weights_fingerprint(module):
+    """A full hash of every tensor of ``module.state_dict()`` (names, shapes, bytes)."""
     h = hashlib.blake2b(digest_size=16)
     for key, t in module.state_dict().items():
         t = t.detach().to("cpu").contiguous()
@@ -133,17 +177,56 @@ def weights_fingerprint(module):
     return h.hexdigest()
 
 
-def _module_version(module):
-    # data_ptr and the autograd version counter change when weights are replaced or
-    # modified in place, so a cached fingerprint is reused only for the same weights.
-    return tuple((t.data_ptr(), t._version) for t in module.state_dict().values())
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_N_SAMPLES = 16
+_SAMPLE_INDEX = {}
+
+
+def _sample_index(n, device):
+    key = (n, str(device))
+    idx = _SAMPLE_INDEX.get(key)
+    if idx is None:
+        idx = torch.linspace(0, n - 1, min(n, _N_SAMPLES), device=device).long()
+        if len(_SAMPLE_INDEX) < 4096:
+            _SAMPLE_INDEX[key] = idx
+    return idx
+
+
+@torch.no_grad()
+def _weights_signature(module):
+    """(structure, checksum): a cheap test of whether weights or modules changed.
+
+    The structure is every tensor's name, shape, dtype and device and every submodule's
+    identity. The checksum is, per tensor, the wrap-around integer sum of its bit
+    patterns (so any change of one element changes it, whatever the order of summation)
+    and 16 elements at fixed positions.
+    """
+    state = module.state_dict()
+    structure = (tuple((k, tuple(t.shape), t.dtype, str(t.device)) for k, t in state.items()),
+                 tuple((n, id(m)) for n, m in module.named_modules()))
+    parts = {}
+    for t in state.values():
+        if not t.numel():
+            continue
+        flat = t.reshape(-1)
+        if flat.is_complex():
+            flat = torch.view_as_real(flat).reshape(-1)
+        bits = flat.view(_INT_OF_SIZE[flat.element_size()])
+        total = bits.sum(dtype=torch.int32 if flat.element_size() <= 4 else torch.int64)
+        samples = bits[_sample_index(bits.numel(), bits.device)]
+        parts.setdefault(str(t.device), []).append(
+            torch.cat([total.to(torch.int64).view(1), samples.to(torch.int64)]))
+    checksum = b"".join(dev.encode() + torch.cat(v).cpu().numpy().tobytes()
+                        for dev, v in sorted(parts.items()))
+    return structure, checksum
 
 
 # ---------------------------------------------------------------- registry
-_REGISTRY: OrderedDict = OrderedDict()  # spec key -> EncoderHandle (named / callables)
+_REGISTRY: OrderedDict = OrderedDict()  # spec key -> (EncoderHandle, objects the key names)
 _REGISTRY_SIZE = 4
-_MODULE_CACHE = weakref.WeakKeyDictionary()  # user module -> (version, handle parts)
-_REGISTRY_LOCK = threading.Lock()
+_MODULE_CACHE: OrderedDict = OrderedDict()  # (id(module), size, device) -> EncoderHandle
+_MODULE_CACHE_SIZE = 8
+_REGISTRY_LOCK = threading.RLock()
 
 
 def registry_clear():
@@ -153,35 +236,82 @@ def registry_clear():
         _MODULE_CACHE.clear()
 
 
-def _remember(key, handle):
+def _remember(cache, limit, key, value):
     with _REGISTRY_LOCK:
-        _REGISTRY[key] = handle
-        _REGISTRY.move_to_end(key)
-        while len(_REGISTRY) > _REGISTRY_SIZE:
-            _REGISTRY.popitem(last=False)
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > limit:
+            cache.popitem(last=False)
+
+
+def _lookup(cache, key):
+    with _REGISTRY_LOCK:
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+        return hit
+
+
+_BY_IDENTITY = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                types.ModuleType, type)
+
+
+class _IdentityPickler(pickle.Pickler):
+    """Pickles data by value and functions, classes and modules by object identity.
+
+    Plain pickling names a function by ``module.qualname``, which a redefinition in a
+    notebook keeps; ``id()`` alone can pass to a new object once the old one is freed.
+    The objects named by identity are collected in ``refs`` and kept alive with the key.
+    """
+
+    def __init__(self, file, refs):
+        super().__init__(file, protocol=4)
+        self.refs = refs
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _BY_IDENTITY):
+            self.refs.append(obj)
+            return f"{type(obj).__qualname__}@{id(obj)}"
+        return None
 
 
 def _callable_key(fn):
+    """(key, refs): the registry key of a callable and the objects it must keep alive."""
+    refs = []
+    buf = io.BytesIO()
     try:
-        return "callable:" + hashlib.blake2b(pickle.dumps(fn), digest_size=16).hexdigest()
-    except Exception:  # lambdas and closures do not pickle: identity is the best we have
-        return f"callable-id:{id(fn)}"
+        _IdentityPickler(buf, refs).dump(fn)
+    except Exception:  # not picklable (holds a lock, a generator, ...): the object itself
+        return f"callable-id:{id(fn)}", [fn]
+    return "callable:" + hashlib.blake2b(buf.getvalue(), digest_size=16).hexdigest(), refs
 
 
 def _img_size_tuple(img_size):
+    """None or a (height, width) pair of positive ints; anything else is refused."""
     if img_size is None:
         return None
-    if isinstance(img_size, int):
-        return (img_size, img_size)
-    size = tuple(int(s) for s in img_size)
-    if len(size) != 2:
-        raise ValueError(f"img_size={img_size!r} must be an int or a (height, width) pair.")
+    fix = ("pass an int such as img_size=224, a (height, width) pair such as "
+           "(224, 320), or None for the encoder's own size")
+    if isinstance(img_size, (str, bytes)):
+        raise TypeError(f"img_size={img_size!r} is a string; {fix}.")
+    items = (img_size, img_size) if not hasattr(img_size, "__iter__") else tuple(img_size)
+    if len(items) != 2 or not all(isinstance(s, numbers.Integral)
+                                  and not isinstance(s, bool) for s in items):
+        raise TypeError(f"img_size={img_size!r} is not an int or a pair of ints; {fix}.")
+    size = tuple(int(s) for s in items)
+    if min(size) < 1:
+        raise ValueError(f"img_size={img_size!r} must be positive; {fix}.")
     return size
 
 
 def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=None,
                     device="cpu"):
-    """Return the :class:`EncoderHandle` for a spec, loading it at most once per process."""
+    """Return the :class:`EncoderHandle` for a spec, loading it at most once per process.
+
+    A handle found in the registry is refreshed first: if its weights were edited since,
+    it is left to whoever holds it (with its new fingerprint) and a named or callable
+    spec is loaded anew, so that a spec always means the weights it names.
+    """
     size = _img_size_tuple(img_size)
     device = resolve_device(device)
     if isinstance(encoder, nn.Module):
@@ -189,34 +319,30 @@ def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=
     if isinstance(encoder, str):
         ckpt = None
         if checkpoint_path is not None:
-            path = os.path.abspath(os.fspath(checkpoint_path))
-            if not os.path.isfile(path):
-                raise ValueError(
-                    f"checkpoint_path={os.fspath(checkpoint_path)!r} does not exist; pass "
-                    f"the path of a .safetensors or .pth file of {encoder!r} weights."
-                )
-            st = os.stat(path)
-            ckpt = (path, st.st_size, st.st_mtime_ns)
+            ckpt = _checkpoint_key(checkpoint_path, encoder)
         key = ("name", encoder, bool(pretrained), ckpt, size, str(device))
-        handle = _REGISTRY.get(key)
-        if handle is None:
-            module = _create_named(encoder, pretrained, ckpt and ckpt[0], size)
-            handle = _make_handle(module.to(device), encoder, size)
-            _remember(key, handle)
+        hit = _lookup(_REGISTRY, key)
+        if hit is not None and not hit[0].refresh():
+            return hit[0]
+        module = _create_named(encoder, pretrained, ckpt and ckpt[0], size)
+        handle = _make_handle(module.to(device), encoder, size)
+        _remember(_REGISTRY, _REGISTRY_SIZE, key, (handle, ()))
         return handle
     if callable(encoder):
-        key = (_callable_key(encoder), size, str(device))
-        handle = _REGISTRY.get(key)
-        if handle is None:
-            module = encoder()
-            if not isinstance(module, nn.Module):
-                raise TypeError(
-                    f"encoder is a callable that returned {type(module).__name__}; it must "
-                    f"return a torch.nn.Module."
-                )
-            handle = _make_handle(module.to(device), getattr(encoder, "__name__", "callable"),
-                                  size)
-            _remember(key, handle)
+        spec, refs = _callable_key(encoder)
+        key = (spec, size, str(device))
+        hit = _lookup(_REGISTRY, key)
+        if hit is not None and not hit[0].refresh():
+            return hit[0]
+        module = encoder()
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"encoder is a callable that returned {type(module).__name__}; it must "
+                f"return a torch.nn.Module."
+            )
+        handle = _make_handle(module.to(device), getattr(encoder, "__name__", "callable"),
+                              size)
+        _remember(_REGISTRY, _REGISTRY_SIZE, key, (handle, refs))
         return handle
     raise TypeError(
         f"encoder must be a timm model name, a torch.nn.Module or a zero-argument callable "
@@ -224,23 +350,45 @@ def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=
     )
 
 
+def _checkpoint_key(checkpoint_path, encoder):
+    try:
+        given = os.fspath(checkpoint_path)
+    except TypeError:
+        raise TypeError(f"checkpoint_path={checkpoint_path!r} is not a path; pass the path "
+                        f"of a .safetensors or .pth file of {encoder!r} weights.") from None
+    path = os.path.abspath(given)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"checkpoint_path={given!r} is a directory; pass the path of the .safetensors "
+            f"or .pth file of {encoder!r} weights inside it."
+        )
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"checkpoint_path={given!r} does not exist; pass the path of a .safetensors or "
+            f".pth file of {encoder!r} weights."
+        )
+    st = os.stat(path)
+    # ctime cannot be set by cp -p, rsync -t or tar, which keep size and mtime
+    return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
 def _handle_for_module(module, size, device):
-    version = _module_version(module)
-    hit = _MODULE_CACHE.get(module)
-    if hit is not None and hit[0] == version and hit[1] == (size, str(device)):
-        return hit[2]
+    key = (id(module), size, str(device))
+    handle = _lookup(_MODULE_CACHE, key)
+    if handle is not None and (handle.source or handle.module) is module:
+        handle.refresh()
+        return handle
     target = module
     params = list(module.parameters())
     if params and params[0].device != device:
-        import copy
-
         target = copy.deepcopy(module).to(device)  # never move the user's module
-    handle = _make_handle(target, type(module).__name__, size)
-    _MODULE_CACHE[module] = (version, (size, str(device)), handle)
+    handle = _make_handle(target, type(module).__name__, size,
+                          source=module if target is not module else None)
+    _remember(_MODULE_CACHE, _MODULE_CACHE_SIZE, key, handle)  # keeps `module` alive
     return handle
 
 
-def _make_handle(module, name, size):
+def _make_handle(module, name, size, source=None):
     for p in module.parameters():
         p.requires_grad_(False)
     blocks = find_blocks(module)
@@ -250,6 +398,20 @@ def _make_handle(module, name, size):
             f"({type(module).__name__}). Pass a timm model (ViT, ResNet, EfficientNet, "
             f"ConvNeXt, ...) or a module whose blocks are held in nn.Sequential containers."
         )
+    _check_patch_size(module, name, size)
+    data_config = _data_config(module, size)
+    formats = _block_formats(module, name, blocks, size, data_config)
+    maps = sorted({f for f in formats if f in ("NCHW", "NHWC")})
+    if len(maps) > 1:
+        raise ValueError(
+            f"Encoder {name!r} has blocks with channels-first and channels-last outputs "
+            f"({dict(zip([n for n, _ in blocks], formats[1:]))}); pooling them per layer "
+            f"is not supported yet. Pass a module whose 4-D block outputs share one layout."
+        )
+    declared = getattr(module, "output_fmt", None)
+    declared = str(declared) if str(declared) in ("NCHW", "NHWC") else "NCHW"
+    output_fmt = maps[0] if maps else declared
+    formats = [output_fmt if f is None else f for f in formats]
     norm = getattr(module, "norm", None)
     if norm is not None and (isinstance(norm, nn.Identity) or not list(norm.parameters())):
         norm = None
@@ -257,12 +419,56 @@ def _make_handle(module, name, size):
         module=module,
         name=name,
         fingerprint=weights_fingerprint(module),
-        data_config=_data_config(module, size),
+        data_config=data_config,
         blocks=blocks,
-        output_fmt=str(getattr(module, "output_fmt", "NCHW")),
+        output_fmt=output_fmt,
         num_prefix_tokens=int(getattr(module, "num_prefix_tokens", 0) or 0),
         final_norm=norm,
+        block_formats=formats,
+        source=source,
+        _signature=_weights_signature(source if source is not None else module),
+        _size=size,
     )
+
+
+def _check_patch_size(module, name, size):
+    """ViTs: ``img_size`` must hold at least one patch and, unless padded, whole patches."""
+    embed = getattr(module, "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
+    if size is None or patch is None:
+        return
+    patch = (patch, patch) if isinstance(patch, int) else tuple(int(p) for p in patch)
+    if any(s < p for s, p in zip(size, patch)):
+        raise ValueError(
+            f"img_size={size} is smaller than the {patch[0]}x{patch[1]} patches of encoder "
+            f"{name!r}; use at least {patch} (e.g. img_size={4 * patch[0]})."
+        )
+    if not getattr(embed, "dynamic_img_pad", False) and any(
+            s % p for s, p in zip(size, patch)):
+        fit = tuple(max(p, s // p * p) for s, p in zip(size, patch))
+        raise ValueError(
+            f"img_size={size} is not a multiple of the {patch[0]}x{patch[1]} patches of "
+            f"encoder {name!r}, so the border would be cut off; use e.g. img_size={fit}."
+        )
+
+
+def _block_formats(module, name, blocks, size, data_config):
+    input_size = tuple(data_config["input_size"])
+    try:
+        formats, _ = probe_formats(module, blocks, input_size, len(data_config["mean"]))
+    except Exception as exc:
+        if size is not None:
+            raise ValueError(
+                f"img_size={size} does not fit encoder {name!r}: a probe image of that size "
+                f"fails with {type(exc).__name__}: {exc}. Use the encoder's own input size "
+                f"(img_size=None) or a size it accepts (a multiple of its patch or window)."
+            ) from exc
+        raise ValueError(
+            f"Encoder {name!r} fails on a probe image of its input size {input_size}: "
+            f"{type(exc).__name__}: {exc}. Pass a module that takes (N, 3, H, W) images, "
+            f"or set img_size."
+        ) from exc
+    return formats
 
 
 def _data_config(module, size):
@@ -328,6 +534,14 @@ def _timm_create(name, pretrained, kwargs):
             kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
             return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
         raise
+    except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
+        if "img_size" not in kwargs or isinstance(exc, WeightsUnavailableError):
+            raise
+        raise ValueError(
+            f"img_size={kwargs['img_size']} does not fit encoder {name!r}: timm fails to "
+            f"build it with {type(exc).__name__}: {exc}. Use the encoder's own input size "
+            f"(img_size=None) or a size it accepts (a multiple of its patch or window)."
+        ) from exc
 
 
 def _pretrained_cfg(name):
@@ -412,7 +626,14 @@ def load_checkpoint(module, path):
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(path, device="cpu")
+        try:
+            state = load_file(path, device="cpu")
+        except Exception as exc:
+            raise ValueError(
+                f"checkpoint_path={path!r} is not a readable .safetensors file "
+                f"({type(exc).__name__}: {exc}); it may be truncated or not safetensors at "
+                f"all. Download it again or save it with safetensors.torch.save_file."
+            ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
