@@ -54,6 +54,17 @@ class ImageDataset(torch.utils.data.Dataset):
         return x, (0 if self.y is None else int(self.y[i]))
 
 
+def _resizable(module, img_size):
+    """A fixed-size ViT module asked for another size: resized by us, not rejected."""
+    pe = getattr(module, "patch_embed", None)
+    fixed = getattr(pe, "img_size", None)
+    if img_size is None or fixed is None or getattr(pe, "dynamic_img_size", False):
+        return False
+    size = (img_size, img_size) if isinstance(img_size, numbers.Integral) else tuple(img_size)
+    return tuple(int(s) for s in size) != tuple(int(s) for s in fixed) and hasattr(
+        module, "set_input_size")
+
+
 def _unwrap(dataset):
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
@@ -293,11 +304,21 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
     def _get_handle(self):
         handle = getattr(self, "_handle_", None)
         if handle is None:
+            size = self.img_size
+            if isinstance(self.encoder, torch.nn.Module) and _resizable(self.encoder, size):
+                size = None  # resolve the module as it is; _source resizes a copy
             handle = resolve_encoder(self.encoder, pretrained=self.pretrained,
                                      checkpoint_path=self.checkpoint_path,
-                                     img_size=self.img_size, device=self.device)
+                                     img_size=size, device=self.device)
             self._handle_ = handle
         return handle
+
+    def _input_size(self, handle):
+        if self.img_size is None:
+            return tuple(int(s) for s in handle.data_config["input_size"])
+        size = self.img_size
+        return (int(size), int(size)) if isinstance(size, numbers.Integral) else tuple(
+            int(s) for s in size)
 
     def _resolve_layer(self, n):
         layer = self.layer
@@ -323,8 +344,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         return int(self.freeze)
 
     def _source(self, handle):
-        """The frozen module the trunk is copied from, at the requested input size."""
-        size = tuple(handle.data_config["input_size"])
+        """The frozen module the trunk is copied from, at the input size ``input_size_``."""
+        size = self.input_size_
         module = handle.module
         pe = getattr(module, "patch_embed", None)
         if pe is None or getattr(pe, "patch_size", None) is None:
@@ -336,7 +357,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 f"img_size={self.img_size!r} gives an input of {size}, which the patch grid "
                 f"of {handle.name!r} (patch size {patch}) cannot take; use a multiple of the "
                 f"patch size, e.g. img_size={tuple(ok) if ok[0] != ok[1] else ok[0]}.")
-        current = tuple(int(s) for s in getattr(pe, "img_size", size) or size)
+        current = tuple(int(s) for s in getattr(pe, "img_size", None) or size)
         if current == size or getattr(pe, "dynamic_img_size", False):
             return module
         cache = _RESIZED.setdefault(module, {})
@@ -392,7 +413,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         self.n_layers_ = handle.n_layers
         self.layer_ = self._resolve_layer(handle.n_layers)
         self.freeze_ = self._resolve_freeze(self.layer_)
-        self.input_size_ = tuple(handle.data_config["input_size"])
+        self.input_size_ = self._input_size(handle)
         source = self._source(handle)
         device = torch.device(self.device)
         trunk = Trunk(source, [n for n, _ in handle.blocks], self.layer_,
@@ -525,7 +546,10 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             self.stored_features_ = self._stored_ok()
             t0 = time.perf_counter()
             if self.stored_features_:
-                data = self._rows(images)
+                # a DataLoader draws from the global RNG: keep the training's draws as
+                # they are without stored features
+                with torch.random.fork_rng(devices=[]):
+                    data = self._rows(images)
                 self.feature_time_ = time.perf_counter() - t0
             else:
                 data = ImageDataset(images, self.input_size_, self._interp(), y_enc)
@@ -680,8 +704,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         """The fine-tuned encoder as a plain, frozen timm module (built on first use)."""
         self.check_is_fitted()
         cached = getattr(self, "_encoder_cache_", None)
-        if cached is not None:
-            return cached
+        if cached:  # a list: skorch refuses modules set outside initialize
+            return cached[0]
         handle = self._get_handle()
         full = copy.deepcopy(self._source(handle))
         state = self.module_.trunk.encoder.state_dict()
@@ -690,8 +714,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         full.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         for p in full.parameters():
             p.requires_grad_(False)
-        self._encoder_cache_ = full.eval()
-        return self._encoder_cache_
+        self._encoder_cache_ = [full.eval()]
+        return full
 
     # ------------------------------------------------------------ plumbing
     def set_params(self, **kwargs):

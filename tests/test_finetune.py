@@ -1,0 +1,320 @@
+"""FineTuneClassifier and bit_hyperrule: tiny random-init encoders at 32 px."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from skorch.dataset import ValidSplit
+
+from sklearn_endo import LayerFeatureTransformer
+from sklearn_endo._encoders import resolve_encoder, weights_fingerprint
+from sklearn_endo.finetune import FineTuneClassifier, bit_hyperrule
+from sklearn_endo.finetune._hyperrule import bit_lr_factor
+
+from .conftest import make_tiny_vit
+
+FAST = dict(max_epochs=2, batch_size=8, random_state=0, device="cpu")
+
+
+def _cnn(**kw):
+    return FineTuneClassifier("resnet18", pretrained=False, img_size=32, **FAST, **kw)
+
+
+# ---------------------------------------------------------------- freezing
+def test_frozen_parts_bit_identical_and_unfrozen_changed(images):
+    X, y = images
+    clf = _cnn(layer=6, freeze=3, lr=1e-2).fit(X, y)
+    source = resolve_encoder("resnet18", pretrained=False, img_size=32).module
+    before = source.state_dict()
+    after = clf.module_.trunk.encoder.state_dict()
+    frozen = ("conv1.", "bn1.", "layer1.", "layer2.0.")  # stem + blocks 1..3
+    trained = ("layer2.1.", "layer3.")  # blocks 4..6
+    n_frozen = n_trained = 0
+    for key, value in after.items():
+        if key.startswith(frozen):
+            assert torch.equal(value, before[key]), key  # params and BN buffers alike
+            n_frozen += 1
+        elif key.startswith(trained) and "num_batches_tracked" not in key:
+            assert not torch.equal(value, before[key]), key
+            n_trained += 1
+    assert n_frozen > 10 and n_trained > 10
+    bn_stats = [k for k in after if k.startswith(trained) and "running_mean" in k]
+    assert bn_stats  # trainable BatchNorms did update their statistics (checked above)
+    # the frozen BatchNorms stay in eval mode while training
+    clf.module_.train()
+    assert not clf.module_.trunk.encoder.bn1.training
+    assert not clf.module_.trunk.encoder.layer2[0].bn1.training
+    assert clf.module_.trunk.encoder.layer2[1].bn1.training
+    trainable = sum(p.numel() for n, p in source.named_parameters() if n.startswith(trained))
+    assert clf.n_trainable_params_ == trainable + 256 * 2 + 2  # + the head on 256 channels
+    # the shared, registry-held encoder was not modified
+    assert weights_fingerprint(source) == resolve_encoder(
+        "resnet18", pretrained=False, img_size=32).fingerprint
+
+
+def test_freeze_zero_freezes_embedding_only(images):
+    X, y = images
+    clf = FineTuneClassifier(make_tiny_vit(), layer=2, freeze=0, **FAST).fit(X, y)
+    names = {n for n, p in clf.module_.trunk.encoder.named_parameters() if p.requires_grad}
+    assert not {"cls_token", "pos_embed", "patch_embed.proj.weight"} & names
+    assert "blocks.0.attn.qkv.weight" in names and "blocks.1.mlp.fc2.bias" in names
+    assert not any(n.startswith(("norm.", "blocks.2", "blocks.3")) for n in names)
+
+
+# ---------------------------------------------------------------- beheading
+@pytest.mark.parametrize("make, layer, n_blocks", [
+    (make_tiny_vit, 2, 4), (make_tiny_vit, 0, 4),
+    (lambda: __import__("timm").create_model("resnet18", pretrained=False,
+                                             num_classes=0), 3, 8),
+])
+def test_beheaded_encoder_runs_exactly_layer_blocks(images, make, layer, n_blocks):
+    X, y = images
+    enc = make().eval()
+    clf = FineTuneClassifier(enc, layer=layer, img_size=32, **FAST).fit(X, y)
+    trunk = clf.module_.trunk
+    calls = []
+    for i, name in enumerate(trunk.block_names):
+        trunk.encoder.get_submodule(name).register_forward_pre_hook(
+            lambda m, a, i=i: calls.append(i))
+    clf.predict(X[:5])  # 5 images in one batch
+    assert sorted(set(calls)) == list(range(layer)) and len(calls) == layer
+    # dropped blocks are placeholders without weights
+    kept = trunk.encoder.state_dict()
+    for name in trunk.block_names[layer:]:
+        assert isinstance(trunk.encoder.get_submodule(name), torch.nn.Identity)
+        assert not any(k.startswith(name + ".") for k in kept)
+    assert clf.n_layers_ == n_blocks
+
+
+# ---------------------------------------------------------------- heads
+def test_transformer_head_on_vit_and_cnn(images):
+    X, y = images
+    vit = FineTuneClassifier(make_tiny_vit(), head="transformer", head_width=24,
+                             head_heads=2, **FAST).fit(X, y)
+    # 4 x 4 patch tokens (the ViT's class token dropped) + the head's own class token
+    assert vit.module_.head.pos_embed.shape == (1, 17, 24)
+    cnn = _cnn(head="transformer", layer=4, head_width=24, head_heads=2).fit(X, y)
+    # resnet18 block 4 (layer2.1) at 32 px: a 4 x 4 map of 128 channels
+    assert cnn.module_.head.pos_embed.shape == (1, 17, 24)
+    assert cnn.module_.head.proj.in_features == 128
+    for clf in (vit, cnn):
+        proba = clf.predict_proba(X)
+        assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+
+
+def test_pooling_rules_and_errors(images):
+    X, y = images
+    with pytest.raises(ValueError, match="pooling='cls' needs a class token"):
+        _cnn(pooling="cls").fit(X, y)
+    clf = FineTuneClassifier(make_tiny_vit(), pooling="cls+mean", layer=3, **FAST).fit(X, y)
+    assert clf.module_.head.fc.in_features == 64
+
+
+# ---------------------------------------------------------------- resolution
+def _resample(posemb, old, new):
+    grid = posemb[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", antialias=True)
+    return torch.cat([posemb[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)],
+                     dim=1)
+
+
+@pytest.mark.parametrize("size", [48, 64])
+def test_position_embedding_interpolated(images, size):
+    X, y = images
+    vit = make_tiny_vit()
+    clf = FineTuneClassifier(vit, img_size=size, freeze="all", feature_store=None,
+                             **FAST).fit(X, y)
+    got = clf.module_.trunk.encoder.pos_embed
+    expected = _resample(vit.pos_embed.detach(), 4, size // 8)
+    assert got.shape == (1, 1 + (size // 8) ** 2, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert vit.pos_embed.shape == (1, 17, 32)  # the user's module is untouched
+    assert clf.predict(X).shape == (20,)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("params, match", [
+    (dict(layer=9), r"layer=9 is out of range .* 4 blocks"),
+    (dict(layer=-5), r"layer=-5 is out of range"),
+    (dict(layer=2, freeze=3), r"freeze=3 is larger than the cut layer=2"),
+    (dict(head="mlp"), r"head='mlp' is not supported"),
+    (dict(img_size=36), r"img_size=\(?36.*patch"),
+    (dict(freeze="some"), r"freeze='some' must be"),
+    (dict(schedule="cosine"), r"schedule='cosine' is not supported"),
+    (dict(schedule="warmup_plateau"), r"needs train_split"),
+])
+def test_bad_parameters_raise_clear_errors(images, params, match):
+    X, y = images
+    with pytest.raises(ValueError, match=match):
+        FineTuneClassifier(make_tiny_vit(), **FAST, **params).fit(X, y)
+
+
+# ---------------------------------------------------------------- stored features
+def test_stored_frozen_training_equals_plain_training(images, counter):
+    X, y = images
+    vit = make_tiny_vit()
+    n_source = counter(vit)
+    kw = dict(layer=3, freeze="all", lr=1e-2, max_epochs=30, batch_size=8, random_state=0,
+              device="cpu")
+    stored = FineTuneClassifier(vit, **kw).fit(X, y)
+    assert stored.stored_features_ and n_source.images == len(X)  # 1 pass per image
+    stored.predict_proba(X)
+    assert n_source.images == len(X)  # predict reads the store too
+    plain = FineTuneClassifier(vit, feature_store=None, **kw).fit(X, y)
+    assert not plain.stored_features_
+    # tolerance: float32 round-off of the same arithmetic on another path
+    torch.testing.assert_close(stored.module_.head.fc.weight, plain.module_.head.fc.weight,
+                               atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(stored.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+
+
+def test_stored_features_trainable_head_passes_per_image(images, counter):
+    X, y = images
+    vit = make_tiny_vit()
+    n_source = counter(vit)
+    search = GridSearchCV(
+        FineTuneClassifier(vit, freeze="all", max_epochs=3, batch_size=8, random_state=0,
+                           device="cpu"),
+        {"lr": [1e-3, 1e-2, 1e-1]}, cv=5).fit(X, y)
+    assert n_source.images == len(X)  # one encoder pass per image for 15 fits + scoring
+    assert search.best_estimator_.stored_features_
+
+
+# ---------------------------------------------------------------- sklearn protocol
+def test_gridsearch_over_freeze_and_layer(images):
+    X, y = images
+    search = GridSearchCV(FineTuneClassifier(make_tiny_vit(), **FAST),
+                          {"freeze": [0, "all"], "layer": [2, 4]}, cv=2,
+                          error_score="raise").fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert search.best_estimator_.layer_ == search.best_params_["layer"]
+
+
+def test_clone_copies_no_weights(images):
+    vit = make_tiny_vit()
+    clf = FineTuneClassifier(vit, layer=2, **FAST)
+    twin = clone(clf)
+    assert twin.encoder is vit and twin.get_params()["layer"] == 2
+    X, y = images
+    clf.fit(X, y)
+    twin = clone(clf)
+    assert twin.encoder is vit and not hasattr(twin, "module_")
+
+
+@pytest.mark.parametrize("freeze", ["all", 1])
+def test_pickle_round_trip_predicts_the_same(images, freeze):
+    X, y = images
+    clf = FineTuneClassifier("resnet18", pretrained=False, img_size=32, layer=3,
+                             freeze=freeze, **FAST).fit(X, y)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+
+
+def test_random_state_makes_fits_identical(images):
+    X, y = images
+    a = _cnn(layer=4, dropout=0.2).fit(X, y)
+    b = _cnn(layer=4, dropout=0.2).fit(X, y)
+    for (k, va), vb in zip(a.module_.state_dict().items(), b.module_.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_encoder_is_a_plain_module_for_layer_features(images):
+    X, y = images
+    clf = _cnn(layer=4, lr=1e-2).fit(X, y)
+    enc = clf.encoder_
+    assert type(enc).__name__ == "ResNet"
+    feats = LayerFeatureTransformer(enc, layer=4, img_size=32,
+                                    feature_store=None).fit_transform(X)
+    net = clf.module_.eval()
+    with torch.no_grad():
+        x = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in X])
+        expected = net.features(x).numpy()
+    np.testing.assert_allclose(feats, expected, atol=1e-4, rtol=1e-4)
+    before = LayerFeatureTransformer("resnet18", layer=4, pretrained=False, img_size=32,
+                                     feature_store=None).fit_transform(X)
+    assert not np.allclose(feats, before, atol=1e-4)
+
+
+# ---------------------------------------------------------------- BiT-HyperRule
+@pytest.mark.parametrize("n, size, batch, steps, warmup, decays, lr, mixup, crop", [
+    (1_000, 64, 32, 500, 100, [200, 300, 400], 0.003 * 32 / 512, 0.0, 128),
+    (50_000, 384, 512, 10_000, 500, [3000, 6000, 9000], 0.003, 0.1, 384),
+    (1_000_000, (500, 300), 128, 20_000, 500, [6000, 12_000, 18_000], 0.00075, 0.1, 384),
+])
+def test_bit_hyperrule_numbers(n, size, batch, steps, warmup, decays, lr, mixup, crop):
+    rule = bit_hyperrule(n, size, batch)
+    assert (rule.steps, rule.warmup_steps, rule.decay_steps) == (steps, warmup, decays)
+    assert math.isclose(rule.lr, lr) and rule.mixup_alpha == mixup and rule.crop == crop
+    assert rule.resize == {128: 160, 384: 448}[crop]
+
+
+def test_bit_hyperrule_boundaries_and_lr_curve():
+    assert bit_hyperrule(19_999, 32).mixup_alpha == 0.0
+    assert bit_hyperrule(20_000, 32).mixup_alpha == 0.1
+    assert bit_hyperrule(10, (95, 96)).crop == 128 and bit_hyperrule(10, 96).crop == 384
+    rule = bit_hyperrule(100, 32, 512)
+
+    def official(step, base=0.003, supports=(100, 200, 300, 400, 500)):
+        # big_transfer/bit_hyperrule.py get_lr
+        if step < supports[0]:
+            return base * step / supports[0]
+        for s in supports[1:]:
+            if s < step:
+                base /= 10
+        return base
+
+    for step in (0, 50, 99, 100, 200, 201, 300, 301, 450, 499):
+        assert math.isclose(rule.lr * bit_lr_factor(step, rule), official(step))
+    with pytest.raises(ValueError, match="n_train=0"):
+        bit_hyperrule(0, 32)
+
+
+def test_bit_schedule_trains_with_the_rule(images):
+    X, y = images
+    clf = FineTuneClassifier(make_tiny_vit(), freeze="all", schedule="bit", batch_size=8,
+                             random_state=0, device="cpu").fit(X, y)
+    assert isinstance(clf.optimizer_, torch.optim.SGD)
+    assert clf.optimizer_.param_groups[0]["momentum"] == 0.9
+    lrs = [lr for epoch in clf.history for lr in (b["lr"] for b in epoch["batches"])]
+    rule = bit_hyperrule(20, (32, 32), 8)
+    assert len(clf.history) == math.ceil(500 / 3)  # 20 images / 8 -> 3 batches an epoch
+    for step in (1, 50, 150, 250, 350, 450):
+        assert math.isclose(lrs[step - 1], rule.lr * bit_lr_factor(step, rule))
+
+
+def test_warmup_plateau_schedule_and_best_epoch(images):
+    X, y = images
+    base, patience = 0.5, 1
+    clf = FineTuneClassifier(make_tiny_vit(), freeze="all", schedule="warmup_plateau",
+                             lr=base, max_epochs=12, patience=patience, batch_size=8,
+                             train_split=ValidSplit(4, stratified=True), random_state=0,
+                             device="cpu").fit(X, y)
+    assert isinstance(clf.optimizer_, torch.optim.AdamW)
+    assert clf.optimizer_.param_groups[0]["weight_decay"] == 0.05
+    valid = clf.history[:, "valid_loss"]
+    got = [b["lr"] for epoch in clf.history for b in epoch["batches"] if "lr" in b]
+    # spec: 15 training images in batches of 8 -> 2 steps an epoch, warm-up 1 epoch;
+    # x0.1 once valid_loss has not improved for more than `patience` epochs
+    expected, scale, best, bad, step = [], 1.0, np.inf, 0, 0
+    for score in valid:
+        for _ in range(2):
+            step += 1
+            expected.append(base * scale * min(1.0, (step + 1) / 3))
+        if score < best * (1 - 1e-4):
+            best, bad = score, 0
+        else:
+            bad += 1
+            if bad > patience:
+                scale, bad = scale * 0.1, 0
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert scale < 1  # the plateau was reached in this run, so the decay was exercised
+    stopper = dict(clf.callbacks_)["best_checkpoint"]
+    assert stopper.best_epoch_ == int(np.argmin(valid)) + 1
+    for key, value in clf.module_.state_dict().items():
+        assert torch.equal(value, stopper.best_model_weights_[key]), key
