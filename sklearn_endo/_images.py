@@ -38,6 +38,7 @@ Rules, so that no input is silently misread:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -109,6 +110,8 @@ def exif_orientation(img, *, from_file=True):
     """
     from PIL import Image
 
+    if getattr(img, "format", None) == "TIFF" and _pillow_orients_tiff():
+        return 1  # Pillow turns TIFFs itself, on open (size) and on load (pixels)
     try:
         # PngImageFile.getexif decodes the whole image to find a late eXIf chunk
         exif = Image.Image.getexif(img) if from_file else img.getexif()
@@ -116,6 +119,22 @@ def exif_orientation(img, *, from_file=True):
     except Exception:  # a broken EXIF block: viewers show the image unrotated
         return 1
     return orientation if 1 <= orientation <= 8 else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _pillow_orients_tiff():
+    """Whether this Pillow applies a TIFF's orientation tag when it loads the file."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 2  # mirrored left-right
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(buf, format="TIFF", exif=exif)
+    buf.seek(0)
+    with Image.open(buf) as img:
+        return int(np.asarray(img)[0, 0]) == 255
 
 
 def orient(arr, orientation):
@@ -551,8 +570,16 @@ def load_image(images, i):
         if isinstance(item, np.ndarray):
             arr = item
         else:
-            arr = orient(pil_to_array(item, where, n_channels=images.n_channels),
-                         exif_orientation(item, from_file=False))
+            try:
+                arr = orient(pil_to_array(item, where, n_channels=images.n_channels),
+                             exif_orientation(item, from_file=False))
+            except DecodeError:
+                raise
+            except Exception as exc:  # a lazily opened PIL image of a broken file
+                raise DecodeError(
+                    f"{where} (a PIL image) cannot be decoded ({type(exc).__name__}: "
+                    f"{exc}). Its file is corrupt or truncated: replace it or drop it."
+                ) from None
     return to_chw_float(arr)
 
 

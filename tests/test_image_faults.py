@@ -108,7 +108,7 @@ def _save_with_orientation(path, arr, orientation):
     Image.fromarray(arr).save(path, exif=exif)
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])  # Pillow turns TIFFs itself
 def test_exif_orientation_images(tmp_path, suffix):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)
@@ -216,6 +216,9 @@ def test_corrupt_jpeg_message_comes_first(tmp_path, tiny_vit, num_workers):
     assert "corrupt or truncated" in msg and "Caught" not in msg
     if num_workers:
         assert "DataLoader worker" in info.value.worker_traceback
+    else:  # a PIL image opened lazily on the same file
+        with pytest.raises(DecodeError, match=r"X\[1\] \(a PIL image\).*truncated"):
+            t.fit_transform([Image.open(good), Image.open(bad)])
 
 
 def test_decode_error_keeps_only_the_package_message():
