@@ -318,3 +318,63 @@ def test_warmup_plateau_schedule_and_best_epoch(images):
     assert stopper.best_epoch_ == int(np.argmin(valid)) + 1
     for key, value in clf.module_.state_dict().items():
         assert torch.equal(value, stopper.best_model_weights_[key]), key
+
+
+# ---------------------------------------------------------------- lr groups, augmentation
+def test_layer_decay_per_group_lrs_under_a_scheduler(images):
+    from skorch.callbacks import LRScheduler
+
+    X, y = images
+    clf = FineTuneClassifier(
+        make_tiny_vit(), layer=3, layer_decay=0.5, lr=0.1, optimizer=torch.optim.SGD,
+        max_epochs=3, batch_size=8, random_state=0, device="cpu",
+        callbacks=[("step", LRScheduler(policy=torch.optim.lr_scheduler.StepLR,
+                                        step_size=1, gamma=0.5))]).fit(X, y)
+    groups = clf.optimizer_.param_groups
+    assert len(groups) == 5  # embedding, blocks 1..3, head
+    names = {id(p): n for n, p in clf.module_.named_parameters()}
+    depth_of = {"trunk.encoder.pos_embed": 0, "trunk.encoder.patch_embed.proj.weight": 0,
+                "trunk.encoder.blocks.0.attn.qkv.weight": 1, "trunk.encoder.blocks.1.norm1.weight": 2,
+                "trunk.encoder.blocks.2.mlp.fc1.bias": 3, "head.fc.weight": 4}
+    steps = len(clf.history)  # StepLR stepped once an epoch
+    for group in groups:
+        members = {names[id(p)] for p in group["params"]}
+        depths = {d for n, d in depth_of.items() if n in members}
+        assert len(depths) == 1
+        d = depths.pop()
+        assert math.isclose(group["lr"], 0.1 * 0.5 ** (4 - d) * 0.5 ** steps)
+    bit = FineTuneClassifier(make_tiny_vit(), layer=2, layer_decay=0.8, schedule="bit",
+                             batch_size=8, random_state=0, device="cpu").fit(X, y)
+    lrs = [g["lr"] for g in bit.optimizer_.param_groups]
+    final = bit_hyperrule(20, 32, 8).lr * 1e-3
+    np.testing.assert_allclose(lrs, [final * 0.8 ** (3 - d) for d in range(4)], rtol=1e-9)
+
+
+def test_endoscopy_augment_preset():
+    from sklearn_endo.finetune._augment import make_augment
+
+    aug = make_augment("endoscopy", (16, 16))
+    x = torch.zeros(3, 16, 16)
+    x[:, :8, :4] = 0.5  # a patch in the top-left corner
+    flat = torch.full((3, 16, 16), 0.5)  # a blur keeps a flat image flat
+    corners, scales = set(), []
+    for seed in range(60):
+        torch.manual_seed(seed)
+        quad = aug(x)[0].reshape(2, 8, 2, 8).mean((1, 3))
+        corners.add(int(quad.argmax()))
+        scales.append(float(aug(flat).mean() / 0.5))
+    assert corners == {0, 1, 2, 3}  # flips and rotations move the patch to every corner
+    assert 0.8 - 1e-4 <= min(scales) < 0.95 and 1.2 < max(scales) <= 1.5 + 1e-4
+    with pytest.raises(ValueError, match="augment='strong' is not supported"):
+        make_augment("strong", (16, 16))
+
+
+def test_augment_and_mixup_train_through_the_encoder(images, counter):
+    X, y = images
+    vit = make_tiny_vit()
+    plain = FineTuneClassifier(vit, freeze="all", **FAST).fit(X, y)
+    for kw in (dict(augment="endoscopy"), dict(mixup=0.4)):
+        n = counter(vit)
+        clf = FineTuneClassifier(vit, freeze="all", **FAST, **kw).fit(X, y)
+        assert not clf.stored_features_ and n.images == 0  # the trunk copy ran instead
+        assert not torch.equal(clf.module_.head.fc.weight, plain.module_.head.fc.weight)

@@ -22,6 +22,7 @@ from skorch.utils import to_tensor
 
 from .._encoders import resolve_device, resolve_encoder
 from .._images import check_images, load_image, resize_image
+from ._augment import AUGMENTS, make_augment
 from ._hyperrule import bit_hyperrule
 from ._network import HEADS, POOLINGS, FineTuneNet, LinearHead, TransformerHead, Trunk
 from ._schedules import BitSchedule, WarmupPlateau
@@ -124,6 +125,20 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         Width, number of blocks and attention heads of the transformer head.
     dropout : float, default=0.0
         Dropout before the final linear layer.
+    layer_decay : float in (0, 1] or None, default=None
+        Layer-wise lr decay: the head trains at ``lr``, block ``i`` at
+        ``lr * layer_decay ** (layer + 1 - i)``, the embedding at
+        ``lr * layer_decay ** (layer + 1)``, set as explicit per-group lrs of the
+        optimizer, so that skorch's ``LRScheduler`` and the schedules here keep the
+        ratios. Modules between blocks (a CNN's downsamplers) go with the block
+        before them.
+    augment : None, "endoscopy" or callable, default=None
+        Training-time augmentation of each image (after resizing, before
+        normalisation), with ``torchvision.transforms.v2``. ``"endoscopy"``: horizontal
+        and vertical flips, rotations by 0/90/180/270 degrees (0/180 for non-square
+        inputs), brightness scaled by a factor in [0.8, 1.5] and, half of the time, a
+        Gaussian blur with sigma in [0.1, 5]. Validation batches and prediction are not
+        augmented. A callable maps one (3, H, W) float tensor in [0, 1] to another.
     schedule : {None, "bit", "warmup_plateau"}, default=None
         ``None``: the optimizer as given and only the callbacks you pass.
         ``"bit"``: the BiT-HyperRule (:func:`bit_hyperrule` of the training-set size,
@@ -179,6 +194,9 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         Number of frozen blocks (``layer_`` for ``"all"``, -1 for ``"none"``).
     n_params_, n_trainable_params_ : int
         Parameters the network uses, and those that train.
+    param_depths_ : dict
+        Depth (0 embedding, ``i`` block ``i``) of each trunk parameter, used by
+        ``layer_decay``.
     stored_features_ : bool
         Whether the head was trained on stored features of the frozen trunk.
     train_time_per_epoch_ : float
@@ -216,7 +234,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     def __init__(self, encoder, *, head="linear", layer=-1, freeze="none", pooling="mean",
                  img_size=None, pretrained=True, checkpoint_path=None, head_width=192,
-                 head_depth=1, head_heads=3, dropout=0.0, schedule=None, warmup_epochs=1,
+                 head_depth=1, head_heads=3, dropout=0.0, layer_decay=None, augment=None,
+                 schedule=None, warmup_epochs=1,
                  patience=3, mixup=None, feature_store="memory", classes=None,
                  random_state=None, criterion=torch.nn.CrossEntropyLoss,
                  optimizer=torch.optim.AdamW, lr=1e-4, max_epochs=10, batch_size=32,
@@ -234,6 +253,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         self.head_depth = head_depth
         self.head_heads = head_heads
         self.dropout = dropout
+        self.layer_decay = layer_decay
+        self.augment = augment
         self.schedule = schedule
         self.warmup_epochs = warmup_epochs
         self.patience = patience
@@ -257,7 +278,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_handle_", "_encoder_cache_", "_transformer_"):
+        for key in ("_handle_", "_encoder_cache_", "_transformer_", "augment_"):
             state.pop(key, None)
         return state
 
@@ -291,10 +312,17 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 raise ValueError(f"{name}={v!r} must be a positive integer.")
         if not 0 <= float(self.dropout) < 1:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1).")
+        if self.layer_decay is not None and not 0 < float(self.layer_decay) <= 1:
+            raise ValueError(f"layer_decay={self.layer_decay!r} must be None or in (0, 1], "
+                             f"e.g. 0.75.")
         if self.mixup is not None and float(self.mixup) < 0:
             raise ValueError(f"mixup={self.mixup!r} must be None or an alpha >= 0.")
         if float(self.warmup_epochs) < 0:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be >= 0.")
+        if not (callable(self.augment) or any(
+                self.augment is a or (isinstance(a, str) and self.augment == a)
+                for a in AUGMENTS)):
+            make_augment(self.augment, (32, 32))  # raises the error
         fs = self.feature_store
         if not (fs is None or fs == "memory" or isinstance(fs, (str, os.PathLike))):
             raise ValueError(f"feature_store={fs!r} must be 'memory', a directory path or "
@@ -449,6 +477,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             p.numel() for p in head.parameters())
         self.n_trainable_params_ = sum(p.numel() for p in self.module_.parameters()
                                        if p.requires_grad)
+        self.param_depths_ = {f"trunk.encoder.{k}": v for k, v in trunk.depths(order).items()}
         self._encoder_cache_ = None
         return self
 
@@ -458,21 +487,31 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 yield name, p
 
     def initialize_optimizer(self, *args, **kwargs):
-        if self.schedule != "bit":
-            if self.schedule == "warmup_plateau" and self.optimizer is torch.optim.AdamW:
-                params = self.get_params_for("optimizer")
-                if "weight_decay" not in params:
-                    named = self.get_all_learnable_params()
-                    a, kw = self.get_params_for_optimizer("optimizer", named)
-                    kw.setdefault("weight_decay", 0.05)
-                    self.optimizer_ = self.optimizer(*a, **kw)
-                    return self
-            return super().initialize_optimizer(*args, **kwargs)
-        rule = (getattr(self, "_plan_", None) or {}).get("rule")
-        lr = rule.lr if rule is not None else self.lr
-        params = [p for _, p in self.get_all_learnable_params()]
-        self.optimizer_ = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
+        named = list(self.get_all_learnable_params())
+        args, kw = self.get_params_for_optimizer("optimizer", named)
+        optimizer = self.optimizer
+        if self.schedule == "bit":
+            rule = (getattr(self, "_plan_", None) or {}).get("rule")
+            optimizer = torch.optim.SGD
+            kw = dict(lr=rule.lr if rule is not None else self.lr, momentum=0.9,
+                      weight_decay=0.0)
+        elif (self.schedule == "warmup_plateau" and optimizer is torch.optim.AdamW
+              and "weight_decay" not in self.get_params_for("optimizer")):
+            kw.setdefault("weight_decay", 0.05)
+        if self.layer_decay is not None:
+            args = (self._decay_groups(named, kw["lr"]),)
+        self.optimizer_ = optimizer(*args, **kw)
         return self
+
+    def _decay_groups(self, named, lr):
+        """One parameter group per depth, lr * layer_decay ** (head depth - depth)."""
+        top = self.layer_ + 1  # the head
+        groups = {}
+        for name, p in named:
+            depth = self.param_depths_.get(name, top)
+            groups.setdefault(depth, []).append(p)
+        return [{"params": ps, "lr": lr * float(self.layer_decay) ** (top - d)}
+                for d, ps in sorted(groups.items())]
 
     def get_iterator(self, dataset, training=False):
         prefix = "iterator_train" if training else "iterator_valid"
@@ -493,17 +532,24 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         alpha = getattr(self, "mixup_", 0.0)
-        if not alpha:
+        augment = getattr(self, "augment_", None)
+        if not alpha and augment is None:
             return super().train_step_single(batch, **fit_params)
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         Xi = to_tensor(Xi, device=self.device)
         yi = to_tensor(yi, device=self.device)
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        perm = torch.randperm(Xi.shape[0], device=Xi.device)
-        y_pred = self.infer(lam * Xi + (1 - lam) * Xi[perm], **fit_params)
-        loss = (lam * self.get_loss(y_pred, yi, X=Xi, training=True)
-                + (1 - lam) * self.get_loss(y_pred, yi[perm], X=Xi, training=True))
+        if augment is not None:
+            Xi = torch.stack([augment(x) for x in Xi])
+        if not alpha:
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        else:
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            perm = torch.randperm(Xi.shape[0], device=Xi.device)
+            y_pred = self.infer(lam * Xi + (1 - lam) * Xi[perm], **fit_params)
+            loss = (lam * self.get_loss(y_pred, yi, X=Xi, training=True)
+                    + (1 - lam) * self.get_loss(y_pred, yi[perm], X=Xi, training=True))
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
 
@@ -543,6 +589,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             else:
                 self._plan_ = self._make_plan(images)
             self.mixup_ = self._plan_["mixup"]
+            self.augment_ = make_augment(self.augment, self.input_size_)
             self.stored_features_ = self._stored_ok()
             t0 = time.perf_counter()
             if self.stored_features_:
@@ -618,8 +665,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         return tuple(item.shape[1:])
 
     def _stored_ok(self):
-        return (self.head == "linear" and self.freeze_ == self.layer_
-                and not self.mixup_ and self.feature_store is not None)
+        return (self.head == "linear" and self.freeze_ == self.layer_ and not self.mixup_
+                and self.augment_ is None and self.feature_store is not None)
 
     def _interp(self):
         return self._get_handle().data_config["interpolation"]

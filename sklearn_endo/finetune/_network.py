@@ -167,6 +167,27 @@ class Trunk(nn.Module):
             m != o and (o == "" or m.startswith(o + ".")) for o in eval_mods)]
         return frozen
 
+    def depths(self, order):
+        """Depth of each parameter for layer-wise lr decay: 0 for the embedding, ``i``
+        for block ``i``; other modules (e.g. a CNN's downsampler between stages) take
+        the depth of the last block that started before them."""
+        n = self.layer
+        starts = sorted(order.get(self.block_names[i], math.inf) for i in range(n))
+        block_of = {}
+        for i in range(1, n + 1):
+            for name, _ in self.block(i).named_modules(prefix=self.block_names[i - 1]):
+                block_of[name] = i
+        owners = _owner_map(self.encoder)
+        out = {}
+        for pname, p in self.encoder.named_parameters():
+            owner = owners[id(p)]
+            if owner in block_of:
+                out[pname] = block_of[owner]
+            else:
+                t = order.get(owner, math.inf)
+                out[pname] = sum(s < t for s in starts)
+        return out
+
     def train(self, mode=True):
         super().train(mode)
         if mode:
