@@ -186,9 +186,9 @@ def read_header(path, where, *, what="an image", fix=None):
     """(mode, (h, w), orientation) of an image file from its header (no decoding).
 
     ``mode`` is the PIL mode the file decodes to, ``(h, w)`` its size once the EXIF
-    ``orientation`` is applied. Results are cached by :func:`file_key`. Raises :class:`DecodeError` naming
-    ``where`` and the file when it is not a readable image, or ValueError when it does
-    not exist.
+    ``orientation`` is applied. Results are cached by :func:`file_key`. Raises
+    :class:`DecodeError` naming ``where`` and the file when it is not a readable image,
+    or ValueError when it does not exist.
     """
     from PIL import Image
 

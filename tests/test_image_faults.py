@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from sklearn_endo import LayerFeatureTransformer
-from sklearn_endo import _images
+from sklearn_endo import LayerFeatureTransformer, _images
 from sklearn_endo._images import (
     DecodeError,
     check_images,

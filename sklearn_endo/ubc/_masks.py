@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .._images import (
+    _WIDE_MODES,
     DecodeError,
     _is_pil,
-    _WIDE_MODES,
     exif_orientation,
     image_sizes,
     orient,
