@@ -651,7 +651,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def make_loader(images, indices, size, *, batch_size, num_workers="auto",
                 interpolation="bicubic", crop_pct=None, pin_memory=False):
-    """A DataLoader over ``indices`` of ``images`` yielding float batches (B, 3, h, w)."""
+    """A DataLoader over ``indices`` of ``images`` yielding float batches (B, 3, h, w).
+
+    A file that a worker cannot decode raises :class:`DecodeError` in the caller, with
+    the package's message (naming ``X[i]`` and the file) first, not torch's "Caught
+    ValueError in DataLoader worker process 0"; any Dataset that decodes through
+    :func:`load_image` gets this, with no wrapper around the loader.
+    """
     if num_workers == "auto":
         num_workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
     ds = ImageDataset(images, indices, size, interpolation=interpolation, crop_pct=crop_pct)
