@@ -382,3 +382,31 @@ def test_augment_and_mixup_train_through_the_encoder(images, counter):
         clf = FineTuneClassifier(vit, freeze="all", **FAST, **kw).fit(X, y)
         assert not clf.stored_features_ and n.images == 0  # the trunk copy ran instead
         assert not torch.equal(clf.module_.head.fc.weight, plain.module_.head.fc.weight)
+
+
+def test_stored_token_maps_equal_plain_training(images, monkeypatch):
+    from sklearn_endo.finetune._network import Trunk
+    from sklearn_endo.finetune._tokens import clear_token_store
+
+    clear_token_store()
+    seen = []
+    forward = Trunk.forward
+    monkeypatch.setattr(Trunk, "forward", lambda self, x: seen.append(len(x)) or forward(
+        self, x))
+    X, y = images
+    vit = make_tiny_vit()
+    kw = dict(head="transformer", head_width=16, head_heads=2, freeze="all", lr=1e-2,
+              max_epochs=10, batch_size=8, random_state=0, device="cpu")
+    stored = FineTuneClassifier(vit, **kw).fit(X, y)
+    stored.predict_proba(X)
+    assert stored.stored_features_ == "tokens"
+    assert sum(seen) == len(X) + 1  # one pass per image (+ the 1-image shape probe)
+    plain = FineTuneClassifier(vit, feature_store=None, **kw).fit(X, y)
+    assert not plain.stored_features_
+    # tolerance: the token maps are stored as float16 (relative rounding 2**-11)
+    np.testing.assert_allclose(stored.predict_proba(X), plain.predict_proba(X), atol=5e-3)
+    seen.clear()
+    GridSearchCV(FineTuneClassifier(vit, **dict(kw, max_epochs=2)),
+                 {"lr": [1e-3, 1e-2], "head_depth": [1, 2]}, cv=2).fit(X, y)
+    # all maps were stored by the first fit: only the shape probes of the 8 fits + refit
+    assert sum(seen) == 4 * 2 + 1

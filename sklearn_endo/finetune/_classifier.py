@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import numbers
 import os
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -17,15 +19,16 @@ from sklearn.metrics import accuracy_score
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
 from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
-from skorch.dataset import unpack_data
+from skorch.dataset import Dataset, unpack_data
 from skorch.utils import to_tensor
 
 from .._encoders import resolve_device, resolve_encoder
-from .._images import check_images, load_image, resize_image
+from .._images import check_images, image_hashes, load_image, make_loader, resize_image
 from ._augment import AUGMENTS, make_augment
 from ._hyperrule import bit_hyperrule
 from ._network import HEADS, POOLINGS, FineTuneNet, LinearHead, TransformerHead, Trunk
 from ._schedules import BitSchedule, WarmupPlateau
+from ._tokens import TOKENS
 
 __all__ = ["FineTuneClassifier"]
 
@@ -53,6 +56,10 @@ class ImageDataset(torch.utils.data.Dataset):
         x = resize_image(load_image(self.images, i), self.size,
                          interpolation=self.interpolation)
         return x, (0 if self.y is None else int(self.y[i]))
+
+
+class _StoredDataset(Dataset):
+    """Stored outputs of the frozen trunk (pooled rows or token maps) and labels."""
 
 
 def _resizable(module, img_size):
@@ -197,8 +204,9 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
     param_depths_ : dict
         Depth (0 embedding, ``i`` block ``i``) of each trunk parameter, used by
         ``layer_decay``.
-    stored_features_ : bool
-        Whether the head was trained on stored features of the frozen trunk.
+    stored_features_ : {"pooled", "tokens"} or False
+        What of the frozen trunk the head was trained on (and ``predict`` reads):
+        pooled rows from the feature store, float16 token maps, or neither.
     train_time_per_epoch_ : float
         Mean seconds per training epoch (without the one-off feature pass).
     feature_time_ : float
@@ -209,13 +217,23 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     Notes
     -----
-    **Frozen parts are computed once.** With ``freeze="all"`` (or ``freeze=layer``), a
-    linear head, no MixUp and ``feature_store`` set, the frozen trunk gives the same
-    pooled features every epoch and every candidate: they come from
-    ``LayerFeatureTransformer`` (same encoder, ``layer``, ``pooling`` and input size,
-    its feature store) and the head trains on them, so 30 epochs or a search over
-    learning rates cost one encoder pass per image. ``predict`` uses the same rows.
-    On CPU the result equals training through the encoder to float32 round-off.
+    **Frozen parts are computed once.** With ``freeze="all"`` (or ``freeze=layer``), no
+    augmentation, no MixUp and ``feature_store`` set, the frozen trunk gives the same
+    output every epoch and every candidate, so it is computed once per image:
+
+    - a linear head trains on pooled rows from ``LayerFeatureTransformer`` (same
+      encoder, ``layer``, ``pooling`` and input size) and its feature store; on CPU
+      the result equals training through the encoder to float32 round-off (tested
+      to 1e-5);
+    - a transformer head trains on the token maps at the cut, kept as float16 in a
+      process-wide store bounded by ``SKLEARN_ENDO_TOKEN_BYTES`` (1 GiB by default;
+      a larger training set trains through the encoder, with a warning); the result
+      equals training through the encoder to float16 rounding of the tokens (tested
+      to 5e-3 in probability).
+
+    30 epochs, or a search over heads and learning rates, then cost one encoder pass
+    per image. ``predict`` reads the same stores. Partial freezing (``freeze=k`` below
+    the cut) trains through the encoder.
 
     Examples
     --------
@@ -590,13 +608,13 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 self._plan_ = self._make_plan(images)
             self.mixup_ = self._plan_["mixup"]
             self.augment_ = make_augment(self.augment, self.input_size_)
-            self.stored_features_ = self._stored_ok()
+            self.stored_features_ = self._stored_kind(len(images))
             t0 = time.perf_counter()
             if self.stored_features_:
                 # a DataLoader draws from the global RNG: keep the training's draws as
                 # they are without stored features
                 with torch.random.fork_rng(devices=[]):
-                    data = self._rows(images)
+                    data = _StoredDataset(self._stored(images), y_enc)
                 self.feature_time_ = time.perf_counter() - t0
             else:
                 data = ImageDataset(images, self.input_size_, self._interp(), y_enc)
@@ -610,8 +628,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Train more epochs without re-initialising (X as in ``fit``)."""
-        if isinstance(X, (ImageDataset, np.ndarray)) and getattr(self, "_plan_", None) \
-                and (isinstance(X, ImageDataset) or X.ndim == 2):
+        if isinstance(X, (ImageDataset, _StoredDataset)):  # from fit
             if not self.initialized_:
                 self.initialize()
             self.notify("on_train_begin", X=X, y=y)
@@ -664,9 +681,60 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         item = load_image(images, 0)
         return tuple(item.shape[1:])
 
-    def _stored_ok(self):
-        return (self.head == "linear" and self.freeze_ == self.layer_ and not self.mixup_
-                and self.augment_ is None and self.feature_store is not None)
+    def _stored_kind(self, n_images):
+        """"pooled", "tokens" or False: what of the frozen trunk is computed once."""
+        if (self.freeze_ != self.layer_ or self.mixup_ or self.augment_ is not None
+                or self.feature_store is None):
+            return False
+        if self.head == "linear":
+            return "pooled"
+        head = self.module_.head
+        need = n_images * (head.pos_embed.shape[1] - 1) * head.proj.in_features * 2
+        if need > TOKENS.max_bytes:
+            warnings.warn(
+                f"The token maps of {n_images} images at the frozen cut need "
+                f"{need / 2**20:.0f} MiB, more than the token store holds "
+                f"({TOKENS.max_bytes / 2**20:.0f} MiB, SKLEARN_ENDO_TOKEN_BYTES): training "
+                f"through the encoder instead, one encoder pass per image and epoch. "
+                f"Raise SKLEARN_ENDO_TOKEN_BYTES to store them.", UserWarning, stacklevel=3)
+            return False
+        return "tokens"
+
+    def _stored(self, images):
+        if self.stored_features_ == "pooled":
+            return self._rows(images)
+        return self._token_maps(images)
+
+    def _token_maps(self, images):
+        """Float16 token maps (N, T, C) of the frozen trunk, from the store or computed."""
+        handle = self._get_handle()
+        spec = (handle.fingerprint, self.input_size_, self.layer_, self._interp(),
+                self.module_.num_prefix_tokens, "v1")
+        namespace = hashlib.blake2b(repr(spec).encode(), digest_size=16).hexdigest()
+        keys = image_hashes(images)
+        maps = TOKENS.get(namespace, keys)
+        todo = {}
+        for i, (key, value) in enumerate(zip(keys, maps)):
+            if value is None:
+                todo.setdefault(key, i)  # duplicates of one image are computed once
+        if todo:
+            loader = make_loader(images, list(todo.values()), self.input_size_,
+                                 batch_size=self.batch_size, interpolation=self._interp())
+            net = self.module_
+            was = net.training
+            net.eval()
+            out = []
+            try:
+                with torch.inference_mode():
+                    for xb in loader:
+                        tokens = net.features(xb.to(self.device))
+                        out.append(tokens.to("cpu", torch.float16).numpy())
+            finally:
+                net.train(was)
+            fresh = dict(zip(todo, np.concatenate(out)))
+            TOKENS.put(namespace, list(fresh), list(fresh.values()))
+            maps = [fresh[k] if v is None else v for k, v in zip(keys, maps)]
+        return np.stack(maps)
 
     def _interp(self):
         return self._get_handle().data_config["interpolation"]
@@ -724,12 +792,12 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         with self._resolved_device(), torch.inference_mode():
             self._set_training(False)
             if getattr(self, "stored_features_", False):
-                data = torch.utils.data.TensorDataset(torch.from_numpy(self._rows(images)))
+                data = torch.utils.data.TensorDataset(torch.from_numpy(self._stored(images)))
                 head = self.module_.head
                 batches = ((b,) for (b,) in torch.utils.data.DataLoader(
                     data, batch_size=max(self.batch_size, 256)))
                 for (xb,) in batches:
-                    out.append(head(xb.to(self.device)).softmax(1).cpu().numpy())
+                    out.append(head(xb.to(self.device).float()).softmax(1).cpu().numpy())
             else:
                 dataset = ImageDataset(images, self.input_size_, self._interp())
                 for xb, _ in self.get_iterator(dataset, training=False):

@@ -276,8 +276,8 @@ class LinearHead(nn.Module):
 class FineTuneNet(nn.Module):
     """Normalise, trunk, pool (linear head) or tokens (transformer head), head.
 
-    A 2-D input is taken as already pooled trunk features (the stored-features path) and
-    goes to the linear head directly.
+    A 2-D input (pooled rows) or 3-D input (token maps) is taken as the stored output of
+    a frozen trunk and goes to the head directly.
     """
 
     def __init__(self, trunk, head, *, head_kind, pooling, num_prefix_tokens, mean, std):
@@ -297,6 +297,6 @@ class FineTuneNet(nn.Module):
         return to_tokens(out, self.num_prefix_tokens)
 
     def forward(self, x):
-        if x.ndim == 2:
-            return self.head(x)
+        if x.ndim in (2, 3):  # stored pooled rows or token maps of the frozen trunk
+            return self.head(x.float())
         return self.head(self.features(x))
