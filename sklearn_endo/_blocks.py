@@ -33,6 +33,9 @@ def _is_stage_like(module):
 
 
 def _is_transition(name, module):
+    """Downsample / merging layers, and anything inside a stem."""
+    if any(part.lower().startswith("stem") for part in name.split(".")):
+        return True
     words = (name.rsplit(".", 1)[-1].lower(), type(module).__name__.lower())
     return any(w in s for w in _TRANSITION_WORDS for s in words)
 
@@ -54,7 +57,8 @@ def find_blocks(model):
     and hierarchical transformers, not only the stage ends, and skips stems, heads and
     transitions: a stage's downsample or patch-merging layer is not a block (it sits
     beside the stage's ``blocks`` container, or is named or typed ``*downsample*`` or
-    ``*merg*``), so layer numbers count the same kind of unit in every family.
+    ``*merg*``), nor is a layer of a ``stem``, so layer numbers count the same kind of
+    unit in every family.
     """
     found = []
 

@@ -128,8 +128,8 @@ class EncoderHandle:
     def refresh(self):
         """Recompute ``fingerprint`` if the weights changed since it was taken.
 
-        Costs a per-tensor checksum of the weights (about 40 ms for a ViT-B/16 on one
-        CPU core, a tenth of one forward pass of one image), not a full hash. When the
+        Costs a per-tensor checksum of the weights, not a full hash: for a ViT-B/16 on
+        one CPU core about a tenth of the time of a forward pass of one image. When the
         handle runs a copy of a user's module (on another device), the copy is updated
         from the module first; when modules were added, removed or replaced, blocks and
         layouts are found again.
