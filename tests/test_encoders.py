@@ -327,3 +327,15 @@ def test_unknown_device_and_auto():
 def test_unknown_encoder_name_suggests_close_names():
     with pytest.raises(ValueError, match="resnet18"):
         resolve_encoder("resnet-18", pretrained=False)
+
+
+@pytest.mark.parametrize("name", ["swinv2_tiny_window8_256", "pvt_v2_b0", "repvit_m1",
+                                  "caformer_s18"])
+def test_stage_downsamples_are_not_blocks(name):
+    # built on the meta device: only the structure is needed
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    stages = getattr(model, "stages", None) or model.layers
+    names = [n for n, _ in find_blocks(model)]
+    assert len(names) == sum(len(s.blocks) for s in stages)
+    assert all(".blocks." in n for n in names)
