@@ -1,6 +1,7 @@
 """UBCClassifier: fit/predict, partial supervision, sklearn and skorch plumbing, bad input."""
 
 import io
+import multiprocessing
 import socket
 import time
 import warnings
@@ -259,3 +260,47 @@ def test_pooling_auto_is_mask_guided_unless_alpha_is_one(data):
     assert UBCClassifier(**{**TINY, "pooling": "avg"}).fit(X, y, masks=masks).pooling_ == "avg"
     with pytest.raises(ValueError, match="pooling='max' must be 'auto'"):
         UBCClassifier(**{**TINY, "pooling": "max"}).fit(X, y, masks=masks)
+
+
+def _truncated_jpeg(path, shape):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # the header is intact, the data is not
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_files_decoded_in_workers_report_the_package_message(data, tmp_path,
+                                                                     num_workers):
+    from sklearn_endo._images import DecodeError
+
+    X, y, masks = data
+    paths, mask_paths = [], []
+    for i in range(4):  # 64 px: a truncated 32 px JPEG loses its header too
+        paths.append(str(tmp_path / f"{i}.png"))
+        mask_paths.append(str(tmp_path / f"{i}_m.png"))
+        Image.fromarray(X[i]).resize((64, 64)).save(paths[i])
+        Image.fromarray(masks[i].astype(np.uint8) * 255).resize((64, 64)).save(mask_paths[i])
+    loaders = dict(iterator_train__num_workers=num_workers,
+                   iterator_valid__num_workers=num_workers)
+    good_paths = list(paths)
+    bad_image = tmp_path / "bad.jpg"
+    _truncated_jpeg(bad_image, (64, 64, 3))
+    paths[2] = str(bad_image)
+    clf = UBCClassifier(**TINY, **loaders)
+    for call in (lambda: clf.fit(paths, y[:4], masks=mask_paths),
+                 lambda: clf.fit(good_paths, y[:4], masks=mask_paths).predict(paths)):
+        with pytest.raises(DecodeError) as info:
+            call()
+        assert str(info.value).startswith(f"X[2] = {str(bad_image)!r} cannot be read")
+        assert "Caught" not in str(info.value)
+        assert (info.value.worker_traceback is not None) == bool(num_workers)
+        # the workers are stopped at once, not left to a slow garbage collection
+        assert multiprocessing.active_children() == []
+    bad_mask = tmp_path / "bad_m.jpg"
+    _truncated_jpeg(bad_mask, (64, 64))
+    mask_paths[1] = str(bad_mask)
+    with pytest.raises(DecodeError) as info:
+        UBCClassifier(**TINY, **loaders).fit(good_paths, y[:4], masks=mask_paths)
+    assert str(info.value).startswith(f"masks[1] = {str(bad_mask)!r} cannot be read")
+    assert (info.value.worker_traceback is not None) == bool(num_workers)

@@ -68,6 +68,31 @@ class UBCDataset(torch.utils.data.Dataset):
         return x, target
 
 
+class _StopWorkersOnError:
+    """Iterates a DataLoader and stops its worker processes as soon as an error escapes.
+
+    A corrupt file raises in a worker; left to the garbage collector, the failed
+    iterator is finalised after its queues, and torch then waits out a 5 s join
+    timeout per worker, in the middle of whatever the session does next.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        try:
+            yield from it
+        except BaseException:  # an error in a worker, KeyboardInterrupt, close()
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            raise
+
+
 def _unwrap(dataset):
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
@@ -286,7 +311,10 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
             kwargs["num_workers"] = min(4, os.cpu_count() or 1)
             kwargs.setdefault("persistent_workers", training)
         iterator = self.iterator_train if training else self.iterator_valid
-        return iterator(dataset, **kwargs)
+        loader = iterator(dataset, **kwargs)
+        if getattr(loader, "num_workers", 0):
+            return _StopWorkersOnError(loader)
+        return loader
 
     def infer(self, x, **fit_params):
         x = to_tensor(x, device=self.device)
