@@ -375,7 +375,7 @@ def _checkpoint_key(checkpoint_path, encoder):
 def _handle_for_module(module, size, device):
     key = (id(module), size, str(device))
     handle = _lookup(_MODULE_CACHE, key)
-    if handle is not None and (handle.source or handle.module) is module:
+    if handle is not None and module in (handle.source, handle.module):
         handle.refresh()
         return handle
     target = module
