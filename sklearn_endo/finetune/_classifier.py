@@ -53,8 +53,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = resize_image(load_image(self.images, i), self.size,
-                         interpolation=self.interpolation)
+        x = load_image(self.images, i)
+        if tuple(x.shape[1:]) != self.size:  # (resizing to the same size is the identity)
+            x = resize_image(x, self.size, interpolation=self.interpolation)
         return x, (0 if self.y is None else int(self.y[i]))
 
 
@@ -749,7 +750,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 self._source(handle), layer=self.layer_, pooling=self.pooling,
                 img_size=self.input_size_, batch_size=self.batch_size,
                 device=str(torch.device(self.device)), amp=False,
-                feature_store=self.feature_store)
+                feature_store=self.feature_store, verbose=bool(self.verbose))
             self._transformer_ = t
         return t
 
