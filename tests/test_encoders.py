@@ -339,3 +339,28 @@ def test_stage_downsamples_are_not_blocks(name):
     names = [n for n, _ in find_blocks(model)]
     assert len(names) == sum(len(s.blocks) for s in stages)
     assert all(".blocks." in n for n in names)
+
+
+def test_signature_covers_every_dtype():
+    from sklearn_endo._encoders import _weights_signature
+
+    m = nn.Module()
+    m.register_buffer("f16", torch.randn(5).half())
+    m.register_buffer("bf16", torch.randn(3, 3).bfloat16())
+    m.register_buffer("f64", torch.randn(4).double())
+    m.register_buffer("flag", torch.zeros(3, dtype=torch.bool))
+    m.register_buffer("count", torch.tensor(7))
+    m.register_buffer("cplx", torch.randn(2, dtype=torch.complex64))
+    m.register_buffer("empty", torch.zeros(0))
+    m.register_buffer("nan", torch.full((2,), float("nan")))
+    base = _weights_signature(m)
+    assert _weights_signature(m) == base  # NaN compares equal to itself here
+    for name, edit in [("flag", lambda t: t.__setitem__(1, True)),
+                       ("count", lambda t: t.add_(1)),
+                       ("f16", lambda t: t.mul_(-1)),
+                       ("bf16", lambda t: t.__setitem__((2, 2), 0.5)),
+                       ("f64", lambda t: t.add_(1e-12)),
+                       ("cplx", lambda t: t.mul_(1j))]:
+        before = _weights_signature(m)
+        edit(getattr(m, name).data)
+        assert _weights_signature(m) != before, name
