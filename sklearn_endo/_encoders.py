@@ -137,7 +137,8 @@ class EncoderHandle:
         Returns
         -------
         changed : bool
-            Whether the weights (and so the fingerprint) changed.
+            Whether the weights or the modules changed (the fingerprint was then
+            recomputed; it stays the same when a module was replaced by an equal one).
         """
         with self.lock:
             source = self.source if self.source is not None else self.module
