@@ -304,3 +304,29 @@ def test_corrupt_files_decoded_in_workers_report_the_package_message(data, tmp_p
         UBCClassifier(**TINY, **loaders).fit(good_paths, y[:4], masks=mask_paths)
     assert str(info.value).startswith(f"masks[1] = {str(bad_mask)!r} cannot be read")
     assert (info.value.worker_traceback is not None) == bool(num_workers)
+
+
+def test_docs_snippets_run_offline(monkeypatch):
+    """docs/ubc.md's python blocks run as written (one epoch instead of ten)."""
+    import re
+    from pathlib import Path
+
+    import sklearn_endo
+
+    class OneEpoch(UBCClassifier):
+        def fit(self, X, y, masks=None, sample_weight=None, **fit_params):
+            self.set_params(max_epochs=1, device="cpu")
+            return super().fit(X, y, masks=masks, sample_weight=sample_weight, **fit_params)
+
+    monkeypatch.setattr(sklearn_endo, "UBCClassifier", OneEpoch)
+    page = Path(__file__).resolve().parents[1] / "docs" / "ubc.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+    ran = 0
+    for code in blocks:
+        if "needs network" in code.splitlines()[0]:
+            continue
+        namespace = {}
+        exec(compile(code, str(page), "exec"), namespace)
+        assert 0 <= namespace["clf"].score(namespace["X_test"], namespace["y_test"]) <= 1
+        ran += 1
+    assert ran == 1 and len(blocks) == 2
