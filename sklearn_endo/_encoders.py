@@ -416,6 +416,8 @@ def _make_handle(module, name, size, source=None):
     norm = getattr(module, "norm", None)
     if norm is not None and (isinstance(norm, nn.Identity) or not list(norm.parameters())):
         norm = None
+    if formats[-1] != "NLC":  # pooling applies the final norm to token outputs only
+        norm = None
     return EncoderHandle(
         module=module,
         name=name,

@@ -364,3 +364,14 @@ def test_signature_covers_every_dtype():
         before = _weights_signature(m)
         edit(getattr(m, name).data)
         assert _weights_signature(m) != before, name
+
+
+def test_final_norm_is_offered_for_token_outputs_only(images):
+    X, _ = images
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0,
+                             img_size=32, window_size=2, embed_dim=16, depths=(1, 1, 1, 1),
+                             num_heads=(1, 1, 1, 1))
+    assert resolve_encoder(swin).final_norm is None  # its norm acts on NHWC maps
+    with pytest.raises(ValueError, match="final_norm=True"):
+        LayerFeatureTransformer(swin, final_norm=True, feature_store=None).fit(X[:2])
+    assert resolve_encoder(make_tiny_vit()).final_norm is not None
