@@ -83,7 +83,7 @@ def plain_epochs(params, X, y, masks, epochs):
 def overhead(args):
     params = dict(encoder=args.encoder, pretrained=False, image_size=args.size,
                   encoder_depth=args.depth, batch_size=args.batch_size, random_state=0,
-                  device="cpu", alpha=0.5)
+                  device="cpu", alpha=0.5, pooling="mask", verbose=0)
     X, y, masks = make_data(args.n, args.size)
     skorch_t, plain_t = [], []
     for _ in range(args.repeats):
@@ -120,7 +120,8 @@ def _memory_child(n, size, file_size):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         clf = UBCClassifier("resnet18", pretrained=False, image_size=size, encoder_depth=5,
                             batch_size=16, max_epochs=1, random_state=0, device="cpu",
-                            iterator_train__num_workers=0, iterator_valid__num_workers=0)
+                            verbose=0, iterator_train__num_workers=0,
+                            iterator_valid__num_workers=0)
         clf.fit(paths, y, masks=masks)
         clf.predict_proba(paths)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -324,8 +324,10 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         logits, mask_logits = y_pred
         t = to_tensor(y_true, device=self.device)
-        return self.criterion_(logits, mask_logits, t["y"], t["mask"], t["has_mask"],
-                               t.get("weight"))
+        args = (logits, mask_logits, t["y"], t["mask"], t["has_mask"])
+        if "weight" in t:  # only then, so that a criterion without sample_weight works
+            return self.criterion_(*args, sample_weight=t["weight"])
+        return self.criterion_(*args)
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y, masks=None, sample_weight=None, **fit_params):
