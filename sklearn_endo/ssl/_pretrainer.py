@@ -1,0 +1,613 @@
+"""SelfSupervisedPretrainer: Barlow Twins, MoCo v3, MAE or DINO on unlabelled images."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from .._encoders import resolve_device, resolve_encoder
+from .._images import check_images, load_image, make_loader, resize_image
+from ._augment import make_views
+from ._methods import DINO, MAE, BarlowTwins, MoCoV3, is_timm_vit
+
+__all__ = ["METHODS", "SelfSupervisedPretrainer"]
+
+METHODS = ("barlowtwins", "mocov3", "mae", "dino")
+_CHECKPOINT = "last.pt"
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """Image ``i`` decoded, resized to the input size and turned into views on access."""
+
+    def __init__(self, images, size, interpolation, views):
+        self.images = images
+        self.size = tuple(size)
+        self.interpolation = interpolation
+        self.views = views
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = load_image(self.images, i)
+        if tuple(x.shape[1:]) != self.size:
+            x = resize_image(x, self.size, interpolation=self.interpolation)
+        return self.views(x)
+
+
+class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
+    """Pretrain, or continue pretraining, a timm encoder on unlabelled images.
+
+    ``fit(X)`` trains the encoder with a self-supervised objective; ``encoder_`` is then
+    the plain timm module (``num_classes=0``), ``transform(X)`` its pooled embeddings
+    and ``save_encoder(path)`` writes its weights as a safetensors timm state dict that
+    ``LayerFeatureTransformer(name, checkpoint_path=path)`` and
+    ``FineTuneClassifier(name, checkpoint_path=path)`` load.
+
+    Losses, projection heads and MAE's masked ViT come from lightly (MIT; the optional
+    extra ``pip install 'sklearn-endo[ssl]'``).
+
+    Parameters
+    ----------
+    encoder : str, torch.nn.Module or callable
+        A timm model name, a module or a zero-argument callable returning one, resolved
+        as in :class:`~sklearn_endo.LayerFeatureTransformer`. The resolved encoder is
+        never modified: training runs on a copy. ``clone()`` copies no weights.
+    method : {"barlowtwins", "mocov3", "mae", "dino"}, default="barlowtwins"
+        ``"barlowtwins"``: two views, a 3-layer projector of width ``projection_dim``
+        (default ``min(8192, 4 * embedding dim)``), cross-correlation loss with
+        ``lambda_param``. ``"mocov3"``: two views, 3-layer projector and 2-layer
+        predictor with batch norm (hidden ``min(4096, 4 * dim)``, output
+        ``projection_dim``, default 256), momentum key encoder (cosine schedule from
+        ``momentum``, default 0.99), InfoNCE at ``temperature``. ``"mae"``: timm ViTs
+        only; ``mask_ratio`` of the patches masked, a light decoder
+        (``decoder_depth`` blocks of width ``decoder_dim``). ``"dino"``: a student and a
+        momentum teacher (default momentum 0.996) on two global views, with lightly's
+        centred, sharpened DINO loss; ``projection_dim`` prototypes (default
+        ``min(65536, 16 * dim)``). Multi-crop is not implemented.
+    pretrained : bool, default=False
+        Start from the pretrained weights of a named encoder (continued pretraining);
+        offline with nothing cached this raises ``WeightsUnavailableError``, never
+        falls back to random weights. ``False``: timm's random initialisation (the
+        same weights for the same name in every process, as in
+        ``LayerFeatureTransformer``).
+    checkpoint_path : str or None, default=None
+        Local weights to start from, for a named encoder.
+    img_size : int, (int, int) or None, default=None
+        Training and embedding input size; default the encoder's configuration.
+    augment : None, "endoscopy", "mae" or callable, default=None
+        How one image becomes a view. ``None``: ``"mae"`` for MAE, ``"endoscopy"``
+        otherwise. ``"endoscopy"``: random resized crop (scale 0.2 to 1), horizontal and
+        vertical flips, 90-degree rotations, colour jitter (80 %) and Gaussian blur
+        (50 %). ``"mae"``: the crops, flips and rotations only. A callable maps one
+        (3, H, W) float tensor in [0, 1] (already resized to the input size) to another
+        of the same shape; it is drawn independently for each view.
+    projection_dim : int or None, default=None
+        Output width of the projector (see ``method``).
+    lambda_param : float, default=0.0051
+        Barlow Twins' redundancy-reduction weight.
+    temperature : float, default=0.2
+        MoCo v3's InfoNCE temperature.
+    momentum : float or None, default=None
+        Start of the cosine momentum schedule of MoCo v3 (default 0.99) and DINO
+        (default 0.996).
+    mask_ratio : float, default=0.75
+        Fraction of patches MAE masks.
+    decoder_dim, decoder_depth : int, default=128, 2
+        Width and number of blocks of MAE's decoder.
+    lr : float, default=1e-3
+        Peak learning rate of AdamW (after warm-up).
+    weight_decay : float, default=0.05
+        AdamW weight decay, on weights of two or more dimensions (not biases or norms).
+    warmup_epochs : float, default=1
+        Linear warm-up length in epochs; then a cosine decay to ``lr / 100``, stepped
+        every optimizer step.
+    max_epochs : int, default=10
+    batch_size : int, default=32
+        Images per forward pass; the last incomplete batch of an epoch is dropped (batch
+        norm in the heads). ``X`` must hold at least ``batch_size`` images.
+    accumulate : int, default=1
+        Gradient accumulation: one optimizer step every ``accumulate`` batches, for an
+        effective batch of ``batch_size * accumulate`` (batch norm and the contrastive
+        losses still see ``batch_size``).
+    amp : bool, default=True
+        Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient
+        scaler). Ignored on other devices.
+    checkpoint_dir : str or None, default=None
+        After every epoch, the training state (weights, heads, optimizer, scaler, history,
+        seed) is written atomically to ``checkpoint_dir/last.pt``. A later ``fit`` with
+        the same settings resumes after the last finished epoch, and ends with the same
+        weights as an uninterrupted run; different settings raise ``ValueError``.
+    num_workers : int or "auto", default="auto"
+        DataLoader workers: ``"auto"`` uses ``min(4, cpu count)`` for paths, 0 for
+        arrays and PIL images.
+    device : str, default="auto"
+        ``"auto"`` picks cuda, then mps, then cpu.
+    random_state : int, RandomState or None, default=None
+        Seeds head initialisation, shuffling, augmentation and masking: with an int,
+        two fits give identical weights (on CPU).
+    verbose : bool, default=True
+        A progress bar per epoch with the running loss.
+
+    Attributes
+    ----------
+    encoder_ : torch.nn.Module
+        The trained encoder, a plain timm module (eval mode, no gradients).
+    module_ : torch.nn.Module
+        The whole training network (encoder, heads, momentum branches).
+    history_ : skorch.history.History
+        One row per epoch: ``epoch``, ``train_loss`` (mean over the epoch's batches),
+        ``lr`` (at the epoch's end), ``dur`` (seconds), ``images_per_s``.
+    embedding_dim_ : int
+        Width of ``transform``'s output.
+    input_size_ : tuple of int
+        (h, w) the images are resized to.
+    data_config_ : dict
+        The preprocessing (mean, std, interpolation) also used by ``transform``.
+    n_epochs_ : int
+        Epochs trained so far, resumed ones included.
+    seed_ : int
+        The seed the run used (drawn when ``random_state`` is None).
+    device_ : torch.device
+
+    Notes
+    -----
+    How the result feeds the rest of the package:
+
+    - ``LayerFeatureTransformer(name, checkpoint_path=path, img_size=...)`` after
+      ``save_encoder(path)``; with ``layer=-1`` and the encoder's own pooling it gives
+      the features of ``transform`` (tested for a ResNet);
+    - ``LayerFeatureTransformer(encoder=pre.encoder_)`` and the probes, CKA before and
+      after pretraining, without a file;
+    - ``UBCClassifier``: see docs/ssl.md.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_endo.ssl import SelfSupervisedPretrainer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    >>> pre = SelfSupervisedPretrainer("resnet18", img_size=32, max_epochs=1,
+    ...                                batch_size=4, random_state=0, verbose=False)
+    >>> pre.fit(X).transform(X).shape
+    (8, 512)
+    >>> len(pre.history_)
+    1
+    """
+
+    def __init__(self, encoder, *, method="barlowtwins", pretrained=False,
+                 checkpoint_path=None, img_size=None, augment=None, projection_dim=None,
+                 lambda_param=0.0051, temperature=0.2, momentum=None, mask_ratio=0.75,
+                 decoder_dim=128, decoder_depth=2, lr=1e-3, weight_decay=0.05,
+                 warmup_epochs=1, max_epochs=10, batch_size=32, accumulate=1, amp=True,
+                 checkpoint_dir=None, num_workers="auto", device="auto",
+                 random_state=None, verbose=True):
+        self.encoder = encoder
+        self.method = method
+        self.pretrained = pretrained
+        self.checkpoint_path = checkpoint_path
+        self.img_size = img_size
+        self.augment = augment
+        self.projection_dim = projection_dim
+        self.lambda_param = lambda_param
+        self.temperature = temperature
+        self.momentum = momentum
+        self.mask_ratio = mask_ratio
+        self.decoder_dim = decoder_dim
+        self.decoder_depth = decoder_depth
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.accumulate = accumulate
+        self.amp = amp
+        self.checkpoint_dir = checkpoint_dir
+        self.num_workers = num_workers
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ sklearn protocol
+    def __sklearn_clone__(self):
+        # the encoder spec (a module may hold hundreds of MB) is shared, never copied
+        params = self.get_params(deep=False)
+        shared = params.pop("encoder")
+        return type(self)(shared, **{k: clone(v, safe=False) for k, v in params.items()})
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+    # ------------------------------------------------------------ validation
+    def _check_params(self):
+        if not (isinstance(self.method, str) and self.method in METHODS):
+            raise ValueError(f"method={self.method!r} is not supported; use one of "
+                             f"{list(METHODS)}.")
+        for name in ("max_epochs", "batch_size", "accumulate", "decoder_dim",
+                     "decoder_depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive integer.")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size={self.batch_size!r}: self-supervised losses "
+                             f"compare images within a batch; use batch_size >= 2.")
+        pd = self.projection_dim
+        if pd is not None and (isinstance(pd, bool) or not isinstance(pd, numbers.Integral)
+                               or pd < 1):
+            raise ValueError(f"projection_dim={pd!r} must be None or a positive integer.")
+        checks = [("lr", self.lr, lambda v: v > 0, "> 0"),
+                  ("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0"),
+                  ("warmup_epochs", self.warmup_epochs, lambda v: v >= 0, ">= 0"),
+                  ("lambda_param", self.lambda_param, lambda v: v > 0, "> 0"),
+                  ("temperature", self.temperature, lambda v: v > 0, "> 0"),
+                  ("mask_ratio", self.mask_ratio, lambda v: 0 < v < 1, "in (0, 1)")]
+        if self.momentum is not None:
+            checks.append(("momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)"))
+        for name, v, ok, what in checks:
+            if (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                    or not math.isfinite(v) or not ok(v)):
+                raise ValueError(f"{name}={v!r} must be a number {what}.")
+        nw = self.num_workers
+        if not (nw == "auto" or (isinstance(nw, numbers.Integral) and not isinstance(nw, bool)
+                                 and nw >= 0)):
+            raise ValueError(f"num_workers={nw!r} must be 'auto' or an int >= 0.")
+        make_views(self.augment, (32, 32), 1)  # raises for a bad augment
+        return resolve_device(self.device)
+
+    def _seed(self):
+        rs = self.random_state
+        if rs is None:
+            return int(np.random.randint(2**31 - 1))
+        if isinstance(rs, numbers.Integral):
+            return int(rs)
+        return int(check_random_state(rs).randint(2**31 - 1))
+
+    # ------------------------------------------------------------ building
+    def _encoder_copy(self):
+        handle = resolve_encoder(self.encoder, pretrained=self.pretrained,
+                                 checkpoint_path=self.checkpoint_path,
+                                 img_size=self.img_size, device="cpu")
+        size = tuple(int(s) for s in handle.data_config["input_size"])
+        encoder = copy.deepcopy(handle.module)  # the registry's module stays frozen
+        pe = getattr(encoder, "patch_embed", None)
+        fixed = getattr(pe, "img_size", None)
+        if (fixed is not None and tuple(int(s) for s in fixed) != size
+                and not getattr(pe, "dynamic_img_size", False)):
+            if not hasattr(encoder, "set_input_size"):
+                raise ValueError(
+                    f"img_size={self.img_size!r}: encoder {handle.name!r} is built for "
+                    f"{tuple(fixed)} and cannot be resized; pass img_size={fixed[0]}.")
+            encoder.set_input_size(img_size=size)
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+        encoder.eval()
+        with torch.no_grad():
+            out = encoder(torch.zeros(2, 3, *size))
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"encoder {handle.name!r} returns {shape} for a batch of images, not pooled "
+                f"(N, D) features; create the timm model with num_classes=0 (pooled "
+                f"features), or pass a module whose forward returns (N, D).")
+        return encoder.train(), handle, size, int(out.shape[1])
+
+    def _build(self, encoder, dim, name):
+        m = self.method
+        pd = self.projection_dim
+        if m == "barlowtwins":
+            width = pd or min(8192, 4 * dim)
+            return BarlowTwins(encoder, dim, width=width, lambda_param=self.lambda_param)
+        if m == "mocov3":
+            return MoCoV3(encoder, dim, hidden=min(4096, 4 * dim), out=pd or 256,
+                          temperature=self.temperature,
+                          momentum=0.99 if self.momentum is None else self.momentum)
+        if m == "dino":
+            return DINO(encoder, dim, hidden=min(2048, 4 * dim), bottleneck=min(256, dim),
+                        out=pd or min(65536, 16 * dim),
+                        momentum=0.996 if self.momentum is None else self.momentum)
+        if not is_timm_vit(encoder):
+            raise ValueError(
+                f"method='mae' needs a timm VisionTransformer (it drops masked patch "
+                f"tokens), but encoder {name!r} is a {type(encoder).__name__}; use a ViT "
+                f"(e.g. 'vit_small_patch16_224') or method='barlowtwins', 'mocov3' or "
+                f"'dino', which work for CNNs.")
+        return MAE(encoder, mask_ratio=self.mask_ratio, decoder_dim=self.decoder_dim,
+                   decoder_depth=self.decoder_depth)
+
+    def _optimizer(self, module):
+        decay, no_decay = [], []
+        for p in module.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+
+    def _lr_at(self, step, total, warmup):
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        floor = self.lr / 100
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def _config(self, n_images):
+        """What a checkpoint must share with this fit to be resumed."""
+        enc = self.encoder
+        enc = enc if isinstance(enc, str) else f"<{type(enc).__name__}>"
+        keys = ("method", "pretrained", "checkpoint_path", "img_size", "projection_dim",
+                "lambda_param", "temperature", "momentum", "mask_ratio", "decoder_dim",
+                "decoder_depth", "lr", "weight_decay", "warmup_epochs", "max_epochs",
+                "batch_size", "accumulate")
+        cfg = {k: repr(getattr(self, k)) for k in keys}
+        cfg.update(encoder=enc, n_images=str(n_images),
+                   random_state=repr(self.random_state)
+                   if isinstance(self.random_state, (numbers.Integral, type(None))) else "rs")
+        return cfg
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        """Pretrain on unlabelled images ``X`` (``y`` is ignored).
+
+        Parameters
+        ----------
+        X : array-like of images
+            ``(N, H, W[, C])`` uint8 in [0, 255] or floats in [0, 1], a list of image
+            paths (decoded batch by batch, in DataLoader workers) or a list of PIL
+            images. At least ``batch_size`` images.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        device = self._check_params()
+        images = check_images(X, name="X", min_samples=2)
+        n = len(images)
+        if n < self.batch_size:
+            raise ValueError(
+                f"X has {n} images, fewer than batch_size={self.batch_size}: every batch "
+                f"must be full (batch norm and in-batch contrast). Pass batch_size<={n} "
+                f"or more images.")
+        ckpt = self._read_checkpoint(n)
+        seed = ckpt["seed"] if ckpt is not None else self._seed()
+        encoder, handle, size, dim = self._encoder_copy()
+        with _forked_rng(seed):
+            module = self._build(encoder, dim, handle.name).to(device)
+        optimizer = self._optimizer(module)
+        amp_dtype = _amp_dtype(device) if self.amp else None
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+        from skorch.history import History
+
+        history = History()
+        start = 0
+        if ckpt is not None:
+            module.load_state_dict(ckpt["module"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            for row in ckpt["history"]:
+                history.append(row)
+            start = int(ckpt["epoch"])
+        self.seed_ = seed
+        self.input_size_ = size
+        self.data_config_ = dict(handle.data_config, input_size=size)
+        self.embedding_dim_ = dim
+        self.device_ = device
+        self.module_ = module
+        self.history_ = history
+        views = make_views(self.augment, size, module.n_views, mae=self.method == "mae")
+        data = _ViewDataset(images, size, handle.data_config["interpolation"], views)
+        mean = torch.tensor(handle.data_config["mean"], device=device).view(1, 1, 3, 1, 1)
+        std = torch.tensor(handle.data_config["std"], device=device).view(1, 1, 3, 1, 1)
+        per_epoch = n // self.batch_size
+        steps_per_epoch = math.ceil(per_epoch / self.accumulate)
+        total = steps_per_epoch * self.max_epochs
+        warmup = int(round(float(self.warmup_epochs) * steps_per_epoch))
+        state = {"module": module, "optimizer": optimizer, "scaler": scaler,
+                 "mean": mean, "std": std, "amp_dtype": amp_dtype, "total": total,
+                 "warmup": warmup, "steps_per_epoch": steps_per_epoch}
+        workers = self.num_workers
+        if workers == "auto":
+            workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
+        epoch = start
+        try:
+            for epoch in range(start, self.max_epochs):
+                t0 = time.perf_counter()
+                with _forked_rng(seed + 7919 * (epoch + 1)):
+                    loader = torch.utils.data.DataLoader(
+                        data, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed + epoch))
+                    loss = self._train_epoch(loader, epoch, state)
+                dur = time.perf_counter() - t0
+                history.new_epoch()
+                history.record("epoch", epoch + 1)
+                history.record("train_loss", loss)
+                history.record("lr", optimizer.param_groups[0]["lr"])
+                history.record("dur", dur)
+                history.record("images_per_s", per_epoch * self.batch_size / dur)
+                self.n_epochs_ = epoch + 1
+                if self.checkpoint_dir is not None:
+                    self._write_checkpoint(n, epoch + 1, seed, state, history)
+        except KeyboardInterrupt:
+            warnings.warn(
+                f"Pretraining interrupted during epoch {epoch + 1} of {self.max_epochs}; "
+                f"the encoder keeps the weights of that moment"
+                + (f", and fit resumes from {self.checkpoint_dir!r} after the last "
+                   f"finished epoch." if self.checkpoint_dir is not None else "."))
+        self.n_epochs_ = len(history)
+        self.encoder_ = module.encoder
+        self._freeze_encoder()
+        return self
+
+    def _train_epoch(self, loader, epoch, state):
+        from tqdm.auto import tqdm
+
+        module, optimizer, scaler = state["module"], state["optimizer"], state["scaler"]
+        device = self.device_
+        amp_dtype = state["amp_dtype"]
+        module.train()
+        for m in module.teacher_modules():
+            m.train()  # teachers' batch-norm statistics follow their inputs as well
+        n_batches = len(loader)
+        step = epoch * state["steps_per_epoch"]
+        total_loss = torch.zeros((), device=device)
+        bar = tqdm(total=n_batches, desc=f"{self.method} epoch {epoch + 1}/{self.max_epochs}",
+                   disable=not self.verbose, leave=True)
+        optimizer.zero_grad(set_to_none=True)
+        for i, views in enumerate(loader):
+            views = views.to(device, non_blocking=True)
+            views = (views - state["mean"]) / state["std"]
+            progress = step / max(1, state["total"])
+            with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                  else contextlib.nullcontext()):
+                loss = module(views, progress)
+            scaler.scale(loss / self.accumulate).backward()
+            total_loss += loss.detach().float()
+            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
+                lr = self._lr_at(step, state["total"], state["warmup"])
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                module.after_step(step / max(1, state["total"]))
+            if self.verbose and (i % 10 == 0 or i + 1 == n_batches):
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.update(1)
+        bar.close()
+        mean_loss = float(total_loss) / max(1, n_batches)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"The {self.method} loss became {mean_loss} in epoch {epoch + 1}; lower lr "
+                f"(now {self.lr}) or raise warmup_epochs.")
+        return mean_loss
+
+    def _freeze_encoder(self):
+        self.encoder_.eval()
+        for p in self.encoder_.parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint_file(self):
+        return os.path.join(os.fspath(self.checkpoint_dir), _CHECKPOINT)
+
+    def _read_checkpoint(self, n_images):
+        if self.checkpoint_dir is None:
+            return None
+        path = self._checkpoint_file()
+        if not os.path.exists(path):
+            return None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"checkpoint_dir={self.checkpoint_dir!r} holds {_CHECKPOINT}, which cannot "
+                f"be read ({type(exc).__name__}: {exc}); delete it to start afresh.") from None
+        want = self._config(n_images)
+        diff = {k: (ckpt["config"].get(k), v) for k, v in want.items()
+                if ckpt["config"].get(k) != v}
+        if diff:
+            raise ValueError(
+                f"checkpoint_dir={self.checkpoint_dir!r} holds a run with other settings "
+                f"(checkpoint vs now: {diff}); resume with the same settings and images, "
+                f"or use another checkpoint_dir (or delete {path!r}) to start afresh.")
+        return ckpt
+
+    def _write_checkpoint(self, n_images, epoch, seed, state, history):
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        ckpt = {"config": self._config(n_images), "epoch": epoch, "seed": seed,
+                "module": state["module"].state_dict(),
+                "optimizer": state["optimizer"].state_dict(),
+                "scaler": state["scaler"].state_dict(),
+                "history": [dict(row) for row in history]}
+        path = self._checkpoint_file()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ using the encoder
+    def transform(self, X):
+        """Pooled embeddings of the trained encoder.
+
+        Parameters
+        ----------
+        X : array-like of images
+            As in ``fit``; resized to ``input_size_`` without augmentation.
+
+        Returns
+        -------
+        ndarray of shape (n_images, embedding_dim_), float32
+        """
+        check_is_fitted(self, "encoder_")
+        images = check_images(X, name="X", min_samples=1)
+        cfg = self.data_config_
+        loader = make_loader(images, range(len(images)), self.input_size_,
+                             batch_size=self.batch_size, interpolation=cfg["interpolation"],
+                             num_workers=self.num_workers)
+        device = self.device_
+        mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+        std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+        out = []
+        with torch.inference_mode():
+            for batch in loader:
+                batch = (batch.to(device) - mean) / std
+                out.append(self.encoder_(batch).float().cpu())
+        return torch.cat(out).numpy()
+
+    def save_encoder(self, path):
+        """Write the trained encoder's timm state dict as a ``.safetensors`` file.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Ends in ``.safetensors``. Load it with
+            ``LayerFeatureTransformer(name, checkpoint_path=path, img_size=...)``,
+            ``FineTuneClassifier(name, checkpoint_path=path)`` or
+            ``timm.create_model(name, num_classes=0, pretrained_cfg_overlay={"file":
+            path})``.
+
+        Returns
+        -------
+        path : str
+        """
+        check_is_fitted(self, "encoder_")
+        path = os.fspath(path)
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"path={path!r} must end in '.safetensors' (the format "
+                             f"checkpoint_path loads without unpickling).")
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").contiguous().clone()
+                 for k, v in self.encoder_.state_dict().items()}
+        save_file(state, path, metadata={"format": "pt"})
+        return path
+
+
+@contextlib.contextmanager
+def _forked_rng(seed):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _amp_dtype(device):
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
