@@ -195,6 +195,20 @@ def test_sample_weight_changes_the_fit_but_not_its_scale(data):
     np.testing.assert_allclose(scaled, weighted, rtol=1e-4, atol=1e-5)
 
 
+class FiveArgumentLoss(UBCLoss):
+    """A criterion written before sample_weight existed."""
+
+    def forward(self, class_logits, mask_logits, y, masks, has_mask):
+        return super().forward(class_logits, mask_logits, y, masks, has_mask)
+
+
+def test_a_criterion_without_sample_weight_still_trains(data):
+    X, y, masks = data
+    got = UBCClassifier(**TINY, criterion=FiveArgumentLoss).fit(X, y, masks=masks)
+    ref = UBCClassifier(**TINY).fit(X, y, masks=masks)
+    np.testing.assert_array_equal(got.predict_proba(X), ref.predict_proba(X))
+
+
 class SpyUBC(UBCClassifier):
     seen = []
 
