@@ -148,7 +148,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         The whole training network (encoder, heads, momentum branches).
     history_ : skorch.history.History
         One row per epoch: ``epoch``, ``train_loss`` (mean over the epoch's batches),
-        ``lr`` (at the epoch's end), ``dur`` (seconds), ``images_per_s``.
+        ``lr`` (at the epoch's end), ``n_steps`` (optimizer steps so far), ``dur``
+        (seconds), ``images_per_s``.
     embedding_dim_ : int
         Width of ``transform``'s output.
     input_size_ : tuple of int
@@ -432,12 +433,13 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                         data, batch_size=self.batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(seed + epoch))
-                    loss = self._train_epoch(loader, epoch, state)
+                    loss, n_steps = self._train_epoch(loader, epoch, state)
                 dur = time.perf_counter() - t0
                 history.new_epoch()
                 history.record("epoch", epoch + 1)
                 history.record("train_loss", loss)
                 history.record("lr", optimizer.param_groups[0]["lr"])
+                history.record("n_steps", n_steps)
                 history.record("dur", dur)
                 history.record("images_per_s", per_epoch * self.batch_size / dur)
                 self.n_epochs_ = epoch + 1
@@ -496,7 +498,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
             raise FloatingPointError(
                 f"The {self.method} loss became {mean_loss} in epoch {epoch + 1}; lower lr "
                 f"(now {self.lr}) or raise warmup_epochs.")
-        return mean_loss
+        return mean_loss, step
 
     def _freeze_encoder(self):
         self.encoder_.eval()
