@@ -431,3 +431,28 @@ def test_docs_finetune_snippets_run():
     np.testing.assert_allclose(np.diag(cka)[:4], 1, atol=1e-4)  # the frozen layers
     assert np.diag(cka)[4:].min() < 1 - 1e-4  # the fine-tuned ones moved
     assert namespace["rule"].decay_steps == [200, 300, 400]
+
+
+def test_timm_vit_name_as_head(images):
+    from timm.layers import resample_abs_pos_embed
+
+    X, y = images
+    clf = FineTuneClassifier(make_tiny_vit(), head="vit_tiny_patch16_224", pretrained=False,
+                             freeze="all", classes=[0, 1], **FAST)
+    clf.initialize()
+    head = clf.module_.head
+    vit = resolve_encoder("vit_tiny_patch16_224", pretrained=False).module
+    # its blocks, class token and norm are copied; its 14x14 position grid resampled to
+    # the encoder's 4x4 token grid
+    assert len(head.blocks) == 12 and head.proj.in_features == 32
+    torch.testing.assert_close(head.blocks[5].attn.qkv.weight, vit.blocks[5].attn.qkv.weight)
+    torch.testing.assert_close(head.cls_token, vit.cls_token)
+    expected = resample_abs_pos_embed(vit.pos_embed, [4, 4], [14, 14], num_prefix_tokens=1)
+    torch.testing.assert_close(head.pos_embed, expected)
+    clf.fit(X, y)
+    assert clf.stored_features_ == "tokens" and clf.predict_proba(X).shape == (20, 2)
+    assert not torch.equal(clf.module_.head.blocks[5].attn.qkv.weight,
+                           vit.blocks[5].attn.qkv.weight)  # it trained (a copy)
+    with pytest.raises(ValueError, match="head='resnet18' has no class token"):
+        FineTuneClassifier(make_tiny_vit(), head="resnet18", pretrained=False,
+                           **FAST).fit(X, y)

@@ -63,6 +63,14 @@ class _StoredDataset(Dataset):
     """Stored outputs of the frozen trunk (pooled rows or token maps) and labels."""
 
 
+def _is_timm_vit_name(head):
+    if not isinstance(head, str):
+        return False
+    import timm
+
+    return timm.is_model(head)
+
+
 def _resizable(module, img_size):
     """A fixed-size ViT module asked for another size: resized by us, not rejected."""
     pe = getattr(module, "patch_embed", None)
@@ -101,12 +109,17 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         A timm model name, a module or a zero-argument callable returning one, resolved
         as in :class:`~sklearn_endo.LayerFeatureTransformer`. The resolved encoder is
         never modified: the network trains a copy. ``clone()`` copies no weights.
-    head : {"linear", "transformer"}, default="linear"
+    head : "linear", "transformer" or a timm ViT name, default="linear"
         ``"linear"``: a linear layer on pooled features (see ``pooling``).
         ``"transformer"``: a DeiT-style classifier on the patch tokens of ``layer``
         (prefix tokens dropped; CNN maps flattened to tokens): a linear projection to
         ``head_width``, its own class token and learned position embedding,
         ``head_depth`` timm ``Block``s, a LayerNorm; its class token classifies.
+        A timm ViT name (e.g. ``"deit_tiny_patch16_224"``): that model's class token,
+        position embedding (resampled bicubically to the token grid), all its blocks
+        and its norm form the classifier, the tokens projected to its width (its patch
+        embedding bypassed), pretrained when ``pretrained=True`` (offline without
+        cached weights: ``WeightsUnavailableError``).
     layer : int, default=-1
         The cut: ``0`` is the embedding, ``i`` the output of block ``i``, negative
         counts from the end, exactly as ``LayerFeatureTransformer.layer``. Blocks after
@@ -130,7 +143,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
     checkpoint_path : str or None, default=None
         Local weights for a named encoder.
     head_width, head_depth, head_heads : int, default=192, 1, 3
-        Width, number of blocks and attention heads of the transformer head.
+        Width, number of blocks and attention heads of ``head="transformer"``.
     dropout : float, default=0.0
         Dropout before the final linear layer.
     layer_decay : float in (0, 1] or None, default=None
@@ -311,9 +324,10 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     # ------------------------------------------------------------ validation
     def _check_params(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r} is not supported; use one of "
-                             f"{list(HEADS)}.")
+        if self.head not in HEADS and not _is_timm_vit_name(self.head):
+            raise ValueError(f"head={self.head!r} is not supported; use 'linear', "
+                             f"'transformer' or a timm ViT name such as "
+                             f"'deit_tiny_patch16_224'.")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not supported; use one of "
                              f"{list(POOLINGS)}.")
@@ -475,6 +489,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
             head = LinearHead(pool(out, self.pooling, npt).shape[1], n_classes,
                               self.dropout)
+        elif self.head != "transformer":
+            head = self._timm_head(out, npt, n_classes)
         else:
             from ._network import to_tokens
 
@@ -499,6 +515,27 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         self.param_depths_ = {f"trunk.encoder.{k}": v for k, v in trunk.depths(order).items()}
         self._encoder_cache_ = None
         return self
+
+    def _timm_head(self, out, npt, n_classes):
+        from ._network import TimmViTHead, to_tokens
+
+        tokens = to_tokens(out, npt)
+        if out.ndim == 4:
+            grid = tuple(out.shape[2:])
+        else:
+            side = math.isqrt(tokens.shape[1])
+            if side * side != tokens.shape[1]:
+                raise ValueError(
+                    f"head={self.head!r} needs a square grid of tokens to place its "
+                    f"position embedding, but the cut gives {tokens.shape[1]}; use a "
+                    f"square img_size or head='transformer'.")
+            grid = (side, side)
+        vit = resolve_encoder(self.head, pretrained=self.pretrained, device="cpu").module
+        if getattr(vit, "cls_token", None) is None or getattr(vit, "pos_embed", None) is None:
+            raise ValueError(f"head={self.head!r} has no class token or absolute position "
+                             f"embedding to classify with; use a ViT/DeiT name such as "
+                             f"'deit_tiny_patch16_224', or head='transformer'.")
+        return TimmViTHead(vit, tokens.shape[2], grid, n_classes, dropout=self.dropout)
 
     def get_all_learnable_params(self):
         for name, p in super().get_all_learnable_params():

@@ -258,6 +258,35 @@ class TransformerHead(nn.Module):
         return self.fc
 
 
+class TimmViTHead(TransformerHead):
+    """A timm ViT's class token, position embedding, blocks and norm as the classifier.
+
+    The encoder's tokens are projected to the ViT's width (its patch embedding is
+    bypassed); its position embedding is resampled bicubically to the token grid; a new
+    linear layer classifies its class token.
+    """
+
+    def __init__(self, vit, in_dim, grid, n_classes, *, dropout=0.0):
+        nn.Module.__init__(self)
+        from timm.layers import resample_abs_pos_embed
+
+        width = vit.embed_dim
+        self.proj = nn.Linear(in_dim, width)
+        self.cls_token = nn.Parameter(vit.cls_token.detach().clone())
+        npt = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
+        pos = resample_abs_pos_embed(vit.pos_embed.detach().clone(), new_size=list(grid),
+                                     old_size=list(vit.patch_embed.grid_size),
+                                     num_prefix_tokens=npt)
+        cls_pos = pos[:, :1] if npt else torch.zeros(1, 1, width)
+        self.pos_embed = nn.Parameter(torch.cat([cls_pos, pos[:, npt:]], dim=1))
+        self.blocks = copy.deepcopy(vit.blocks)
+        self.norm = copy.deepcopy(vit.norm)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, n_classes)
+        for p in self.parameters():
+            p.requires_grad_(True)
+
+
 class LinearHead(nn.Module):
     """Dropout and a linear layer on pooled features."""
 
