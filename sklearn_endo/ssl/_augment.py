@@ -34,7 +34,8 @@ def endoscopy_views(size, *, colour=True):
         steps.append(v2.RandomApply(
             [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.05)],
             p=0.8))
-        kernel = min(23, (min(size) - 1) // 2 * 2 - 1)  # reflect padding < image size
+        # +-3 sigma at sigma 2; reflect padding needs the kernel below the image size
+        kernel = min(13, (min(size) - 1) // 2 * 2 - 1)
         if kernel >= 3:
             steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))],
                                         p=0.5))
