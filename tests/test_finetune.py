@@ -334,7 +334,8 @@ def test_layer_decay_per_group_lrs_under_a_scheduler(images):
     assert len(groups) == 5  # embedding, blocks 1..3, head
     names = {id(p): n for n, p in clf.module_.named_parameters()}
     depth_of = {"trunk.encoder.pos_embed": 0, "trunk.encoder.patch_embed.proj.weight": 0,
-                "trunk.encoder.blocks.0.attn.qkv.weight": 1, "trunk.encoder.blocks.1.norm1.weight": 2,
+                "trunk.encoder.blocks.0.attn.qkv.weight": 1,
+                "trunk.encoder.blocks.1.norm1.weight": 2,
                 "trunk.encoder.blocks.2.mlp.fc1.bias": 3, "head.fc.weight": 4}
     steps = len(clf.history)  # StepLR stepped once an epoch
     for group in groups:
