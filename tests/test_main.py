@@ -1,5 +1,6 @@
 """The command line (python -m sklearn_endo): one-line errors, no silent random weights."""
 
+import os
 import socket
 from collections import OrderedDict
 
@@ -109,3 +110,210 @@ def test_progress_is_shown_by_default(tmp_path, capsys, monkeypatch):
     search = [kw for kw in made if kw.get("desc") == "GridSearchCV fits"]
     assert len(search) == 1 and search[0]["total"] == 9 * 2 and not search[0]["disable"]
     assert len(made) >= 2  # and the encoder pass's bar (the transformer's verbose=True)
+
+
+# ---------------------------------------------------------------- sweep DATA_DIR
+KVASIR_SAMPLE = "/work/shared/data/kvasir-seg-sample"
+SWEEP = ["--encoder", "resnet18", "--random-weights", "--img-size", "32", "--quiet"]
+
+
+def _write_tree(root, n_per_class=(4, 4, 4), size=24):
+    """Class folders of tiny PNGs; each class has its own colour channel raised."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(n_per_class):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 200, (size, size, 3), dtype=np.uint8)
+            a[..., c % 3] = 255
+            Image.fromarray(a).save(folder / f"{i}.png")
+    return root
+
+
+def _encoder_module():
+    """The cached resnet18 the sweep ran (same spec, same process-wide registry)."""
+    return _encoders.resolve_encoder("resnet18", pretrained=False, img_size=32,
+                                     device="auto").module
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_metrics_curve_and_summary_then_resumes_from_the_store(
+        tmp_path, capsys, counter):
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sklearn_endo import LayerFeatureTransformer, clear_feature_store
+    from sklearn_endo.datasets import load_image_folder
+
+    data = _write_tree(tmp_path / "data")
+    out, store = tmp_path / "out", tmp_path / "store"
+    argv = ["sweep", str(data), *SWEEP, "--cv", "2", "--layers", "2-3,7",
+            "--store", str(store), "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "12 images in 3 classes" in printed and "12 of 12 images encoded" in printed
+
+    rows = _read_csv(out / "layer_metrics.csv")
+    assert [int(r["layer"]) for r in rows] == [2, 3, 7]
+    names = LayerFeatureTransformer("resnet18", pretrained=False).fit(
+        np.zeros((1, 8, 8, 3), np.uint8)).layer_names_
+    assert [r["module"] for r in rows] == [names[2], names[3], names[7]]
+    loss = np.array([float(r["log_loss_mean"]) for r in rows])
+    summary = json.loads((out / "summary.json").read_text())
+    best = [int(r["layer"]) for r in rows][int(loss.argmin())]
+    assert summary["best_layer"] == best and [r["best"] for r in rows].count("1") == 1
+    assert summary["cv_log_loss"] == pytest.approx(loss.min(), rel=1e-5)
+    assert summary["n_images"] == 12 and summary["classes"] == {
+        "class_0": 4, "class_1": 4, "class_2": 4}
+    assert summary["images_encoded"] == 12 and summary["encoder_passes_per_image"] == 1.0
+    assert set(summary["timings_s"]) == {"encoder_pass", "search", "total"}
+    assert (out / "layer_curve.png").stat().st_size > 0
+
+    # the same numbers from an independent pipeline without a store
+    X, y = load_image_folder(data, return_X_y=True)
+    t = LayerFeatureTransformer("resnet18", layer=best, pretrained=False, img_size=32,
+                                feature_store=None, verbose=False)
+    pipe = make_pipeline(t, StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    expected = -cross_val_score(pipe, X, y, scoring="neg_log_loss",
+                                cv=StratifiedKFold(2, shuffle=True, random_state=0))
+    assert loss.min() == pytest.approx(expected.mean(), rel=1e-4)
+
+    # second run, same store, a fresh process-wide memory: no image goes through the encoder
+    clear_feature_store()
+    seen = counter(_encoder_module())
+    argv2 = [*argv[:-1], str(tmp_path / "out2")]
+    assert cli.main(argv2) == 0
+    assert seen.images == 0
+    again = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert again["images_encoded"] == 0 and again["encoder_passes_per_image"] == 0.0
+    timeless = [{k: v for k, v in r.items() if not k.startswith("fit_time")}
+                for r in rows]
+    assert [{k: v for k, v in r.items() if not k.startswith("fit_time")}
+            for r in _read_csv(tmp_path / "out2" / "layer_metrics.csv")] == timeless
+
+    # an interrupted run: three entries missing, only those three are encoded
+    entries = sorted(store.rglob("*.npy"))
+    assert len(entries) == 12
+    for path in entries[:3]:
+        path.unlink()
+    clear_feature_store()
+    assert cli.main(argv2) == 0
+    assert seen.images == 3
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())[
+        "images_encoded"] == 3
+
+
+def test_sweep_store_defaults_to_the_output_folder(tmp_path, capsys):
+    data = _write_tree(tmp_path / "data", (2, 2))
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(data), *SWEEP, "--cv", "2", "--layers=-1",
+                     "--out", str(out)]) == 0
+    assert len(list((out / "feature-store").rglob("*.npy"))) == 4
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(KVASIR_SAMPLE, "images")),
+                    reason="the Kvasir-SEG sample is not on this machine")
+def test_sweep_on_the_kvasir_seg_sample(tmp_path, capsys):
+    import json
+
+    # its images and its masks as two classes: real JPEGs of various sizes
+    data = tmp_path / "kvasir"
+    for kind in ("images", "masks"):
+        (data / kind).mkdir(parents=True)
+        for f in sorted(os.listdir(os.path.join(KVASIR_SAMPLE, kind))):
+            (data / kind / f).symlink_to(os.path.join(KVASIR_SAMPLE, kind, f))
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(data), *SWEEP, "--cv", "2", "--layers", "0,4,8",
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == {"images": 5, "masks": 5}
+    assert summary["encoder_passes_per_image"] == 1.0
+    # masks (black and white) against colour images: any layer tells them apart
+    assert summary["cv_accuracy"] == 1.0
+    assert len(_read_csv(out / "layer_metrics.csv")) == 3
+
+
+def _sweep_error(capsys):
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("python -m sklearn_endo sweep: error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, extra, expected", [
+    ("missing", [], "DATA_DIR: '{d}/nope' does not exist"),
+    ("file", [], "is a file; pass the folder that holds the class folders"),
+    ("one class", [], "holds one class folder ('class_0')"),
+    ("few", ["--cv", "3"], "3 folds need at least 3 images per class, but class "
+                           "'class_1' has 2; use --cv 2 or fewer"),
+    ("single", ["--cv", "2"], "class 'class_1' has 1 image"),
+    ("unreadable", ["--cv", "2"], "bad.png' cannot be read as an image"),
+    ("ok", ["--layers", "3-1"], "range '3-1' runs backwards"),
+    ("ok", ["--layers", "1;2"], "'1;2' is not a layer"),
+    ("ok", ["--layers", "2,9"], "layer 9 is out of range for resnet18 with 8 blocks"),
+    ("ok", ["--pooling", "cls"], "needs a class token"),
+    ("ok", ["--cv", "1"], "--cv: must be an integer >= 2, got 1"),
+    ("ok", ["--checkpoint", "{d}/w.pth"], "--checkpoint: '{d}/w.pth' is not a file"),
+])
+def test_sweep_bad_input_prints_one_line_and_exits_2(case, extra, expected, tmp_path,
+                                                     capsys):
+    d = tmp_path
+    counts = {"one class": (3,), "few": (3, 2), "single": (3, 1)}.get(case, (2, 2))
+    data = _write_tree(tmp_path / "data", counts)
+    if case == "missing":
+        data = tmp_path / "nope"
+    elif case == "file":
+        data = tmp_path / "data" / "class_0" / "0.png"
+    elif case == "unreadable":
+        (tmp_path / "data" / "class_1" / "bad.png").write_bytes(b"not a png")
+    base = [a for a in SWEEP if not (a == "--random-weights" and "--checkpoint" in extra)]
+    if case == "ok" and "--cv" not in extra:
+        base += ["--cv", "2"]
+    argv = ["sweep", str(data), *base, *[e.format(d=d) for e in extra],
+            "--out", str(tmp_path / "out")]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert expected.format(d=d) in _sweep_error(capsys)
+
+
+def test_checkpoint_and_random_weights_exclude_each_other(tmp_path, capsys):
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", str(_write_tree(tmp_path / "d", (2, 2))), *SWEEP,
+                  "--checkpoint", str(ckpt)])
+    assert exc.value.code == 2
+    assert "not allowed with --checkpoint" in _sweep_error(capsys)
+
+
+def test_unknown_command_names_the_sweep_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["swep", "data"])
+    assert exc.value.code == 2
+    assert "unknown command 'swep'" in _one_line_error(capsys)
+
+
+def test_sweep_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--encoder", "--checkpoint", "--layers", "--pooling", "--cv", "--store",
+                 "--out", "--img-size", "--random-weights", "--quiet"):
+        assert flag in text
