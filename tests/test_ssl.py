@@ -1,6 +1,7 @@
 """SelfSupervisedPretrainer: objectives, momentum branches, masking, saving, resume."""
 
 import copy
+import os
 import warnings
 
 import numpy as np
@@ -236,3 +237,25 @@ def test_no_warnings_from_a_plain_fit(unlabelled):
         warnings.simplefilter("error")
         pretrainer("dino", max_epochs=1).fit(unlabelled)
     assert copy.deepcopy(pretrainer()).method == "barlowtwins"
+
+
+def test_load_unlabeled_folder_finds_every_image_at_any_depth(tmp_path, unlabelled):
+    from PIL import Image
+
+    from sklearn_endo.datasets._unlabeled import load_unlabeled_folder
+
+    for rel in ["a/1.png", "a/b/2.JPG", "3.png", "c/d/e/4.tif", ".hidden/5.png",
+                "a/.6.png"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(unlabelled[0]).save(p, format="TIFF" if rel.endswith("tif")
+                                            else "JPEG" if rel.endswith("JPG") else "PNG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    X = load_unlabeled_folder(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in X] == ["3.png", "a/1.png", "a/b/2.JPG",
+                                                         "c/d/e/4.tif"]
+    assert len(load_unlabeled_folder(tmp_path, extensions="png")) == 2
+    with pytest.raises(ValueError, match="No images with suffixes"):
+        load_unlabeled_folder(tmp_path / "a", extensions=(".bmp",))
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_unlabeled_folder(tmp_path / "missing")
