@@ -15,6 +15,8 @@ all that stays in memory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 
 import numpy as np
 import torch
@@ -58,21 +60,48 @@ def pool_output(x, handle, final_norm):
 
 
 def to_owned_numpy(value):
-    """A (B, C) tensor -> float32 numpy array that owns exactly its own bytes."""
-    t = value.detach().to("cpu", torch.float32)
-    if t.untyped_storage().nbytes() != t.numel() * t.element_size() or not t.is_contiguous():
+    """A (B, C) tensor -> a float32 numpy copy that owns exactly its own bytes."""
+    t = value.detach()
+    if t.device.type == "cpu":
         t = t.clone(memory_format=torch.contiguous_format)
+    t = t.to("cpu", torch.float32).contiguous()
+    assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
     return t.numpy()
 
 
+class _PooledBuffers:
+    """Pooled outputs of a pass, copied into buffers allocated once per pass.
+
+    Small tensors that stay alive while the rest of the forward pass allocates and
+    frees its large activations fragment the C heap: peak memory then creeps up batch
+    after batch although nothing is retained. Copying each pooled tensor at once into
+    a buffer made at the first batch (and freeing the tensor) keeps the allocation
+    pattern of every batch the same, so the heap reuses its holes.
+    """
+
+    def __init__(self):
+        self._bufs = {}
+
+    def keep(self, key, value):
+        b = value.shape[0]
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape[0] < b or buf.shape[1:] != value.shape[1:]:
+            buf = self._bufs[key] = torch.empty_like(value)
+        view = buf[:b]
+        view.copy_(value)
+        return view
+
+
 @contextlib.contextmanager
-def _hooks(handle, layers, final_norm, sink, stop_at):
+def _hooks(handle, layers, final_norm, sink, stop_at, buffers):
     handles = []
 
     def make(layer, pre):
         def hook(module, args, output=None):
             value = args[0] if pre else output
-            sink[layer] = pool_output(value, handle, final_norm)
+            pooled = pool_output(value, handle, final_norm)
+            sink[layer] = {p: buffers.keep((layer, p), v) for p, v in pooled.items()}
+            del pooled
             if layer == stop_at:
                 raise _StopForward
 
@@ -90,6 +119,32 @@ def _hooks(handle, layers, final_norm, sink, stop_at):
     finally:
         for h in handles:
             h.remove()
+
+
+def _find_malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_free_memory():
+    """Return the free pages of the C heap to the system (glibc; a no-op elsewhere).
+
+    The activations of one batch are freed before the next, but the small rows that
+    outlive it (store entries, output rows) sit between them on the heap, so glibc can
+    neither reuse those holes for the next batch's large buffers nor give them back:
+    without this, peak memory creeps up with the number of batches although nothing
+    is retained.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def autocast_dtype(device, amp):
@@ -133,6 +188,7 @@ def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_earl
     layers = sorted(set(layers))
     stop_at = layers[-1] if stop_early and layers[-1] < handle.n_layers else None
     start = 0
+    buffers = _PooledBuffers()
     with handle.lock:
         was_training = module.training
         module.eval()
@@ -142,7 +198,7 @@ def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_earl
                     batch = batch.to(device, non_blocking=True)
                     batch = (batch - mean) / std
                     sink = {}
-                    with _hooks(handle, layers, final_norm, sink, stop_at):
+                    with _hooks(handle, layers, final_norm, sink, stop_at, buffers):
                         try:
                             module(batch)
                         except _StopForward:
@@ -159,6 +215,8 @@ def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_earl
                     del sink, batch
                 stop = start + len(next(iter(feats.values())))
                 yield start, stop, feats
+                del feats
+                release_free_memory()
                 if bar is not None:
                     bar.update(stop - start)
                 start = stop
