@@ -490,7 +490,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                 step += 1
                 module.after_step(step / max(1, state["total"]))
             if self.verbose and (i % 10 == 0 or i + 1 == n_batches):
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             bar.update(1)
         bar.close()
         mean_loss = float(total_loss) / max(1, n_batches)
