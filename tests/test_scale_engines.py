@@ -31,8 +31,8 @@ GRID = {"layerfeaturetransformer__layer": [1, 3, 5, 8]}
 
 def _pipe(store):
     return make_pipeline(
-        LayerFeatureTransformer(**ENCODER, feature_store=str(store), num_workers=0,
-                                verbose=False),
+        LayerFeatureTransformer(**ENCODER, device="cpu", feature_store=str(store),
+                                num_workers=0, verbose=False),
         LogisticRegression(C=0.1, max_iter=500))
 
 
@@ -188,3 +188,35 @@ class _Fixed:
 
     def suggest_int(self, name, low, high):
         return self.layer
+
+
+@pytest.mark.slow
+def test_scaling_doc_snippets_run():
+    """docs/scaling.md: its Python blocks run in order, offline; the Dask search there
+    gives the single-process results."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("distributed")
+    pytest.importorskip("optuna")
+    page = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+    namespace, ran = {}, 0
+    for code in blocks:
+        if "needs a database server" in code.splitlines()[0]:
+            continue
+        exec(compile(code, str(page), "exec"), namespace)
+        ran += 1
+    assert ran == 3
+    ns = namespace
+    single = GridSearchCV(ns["pipe"], ns["grid"], cv=ns["cv"], scoring="neg_log_loss",
+                          n_jobs=1).fit(ns["X"], ns["y"])
+    np.testing.assert_allclose(ns["search"].cv_results_["mean_test_score"],
+                               single.cv_results_["mean_test_score"], rtol=0, atol=1e-12)
+    trials = ns["study"].trials
+    assert len(trials) == 4
+    for t in trials:
+        model = clone(ns["pipe"]).set_params(layerfeaturetransformer__layer=t.params["layer"])
+        expected = cross_val_score(model, ns["X"], ns["y"], cv=ns["cv"],
+                                   scoring="neg_log_loss").mean()
+        assert t.value == pytest.approx(expected, rel=1e-9)
