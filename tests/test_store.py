@@ -6,6 +6,7 @@ import pickle
 import joblib
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -129,3 +130,40 @@ def test_named_random_init_is_reproducible_across_registry_reloads(images):
     registry_clear()
     clear_feature_store()
     np.testing.assert_array_equal(clone(t).fit_transform(X[:3]), a)
+
+
+def test_pooled_rows_own_their_memory(images, tiny_vit):
+    from sklearn_endo._encoders import resolve_encoder
+    from sklearn_endo._extract import iter_extract, pool_output
+
+    X, _ = images
+    handle = resolve_encoder(tiny_vit, pretrained=False, checkpoint_path=None,
+                             img_size=None, device="cpu")
+    tokens = torch.randn(4, 17, 32)
+    for pooling, row in pool_output(tokens, handle, False).items():
+        assert row.untyped_storage().nbytes() == row.numel() * 4, pooling  # not a view
+    from sklearn_endo._images import check_images
+
+    for _, _, feats in iter_extract(handle, check_images(X), range(8), layers=[0, 4],
+                                    stop_early=False, batch_size=4, num_workers=0):
+        for key, arr in feats.items():  # numpy arrays over tensors of exactly their size
+            assert arr.base.untyped_storage().nbytes() == arr.nbytes, key
+    store = FeatureStore()
+    block = np.arange(30, dtype=np.float32).reshape(3, 10)
+    store.put("ns", ["a", "b", "c"], block)  # rows of one array
+    assert all(v.base is None for v in store._mem.values())
+    np.testing.assert_array_equal(np.stack(store.get("ns", ["a", "b", "c"], 10)), block)
+
+
+def test_memory_kept_by_a_pass_is_the_output_and_the_store_rows(images, tiny_vit):
+    from sklearn_endo._store import get_store
+
+    X, _ = images
+    X = np.concatenate([X] * 3)
+    X[20:] = np.random.default_rng(1).integers(0, 256, X[20:].shape, dtype=np.uint8)
+    t = LayerFeatureTransformer(tiny_vit, layer=2, batch_size=8)
+    out = t.fit_transform(X)
+    store = get_store("memory")
+    # every layer (5) x every pooling (3) x 32 dims, one row per unique image
+    assert len(store) == 60 and store.nbytes == 60 * 5 * 3 * 32 * 4
+    assert out.shape == (60, 32) and out.base is None

@@ -220,3 +220,70 @@ def test_not_fitted():
 
     with pytest.raises(NotFittedError):
         LayerFeatureTransformer("resnet18").transform(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_crop_pct_that_is_not_a_number_names_crop_pct(images, tiny_vit):
+    X, _ = images
+    for bad in ("a", True, float("nan"), 0):
+        with pytest.raises(ValueError, match=r"crop_pct=.*\(0, 1\]"):
+            LayerFeatureTransformer(tiny_vit, crop_pct=bad).fit(X)
+
+
+def test_repeated_layers_are_refused_with_their_indices(images, tiny_vit):
+    X, _ = images
+    for layer in ([2, 2], [2, -3]):
+        with pytest.raises(ValueError, match=r"layer\(s\) \[2\] more than once"):
+            LayerFeatureTransformer(tiny_vit, layer=layer).fit(X)
+    t = LayerFeatureTransformer(tiny_vit).fit(X)  # layer_features returns a dict: fine
+    feats = t.layer_features(X, layers=[2, -3, 1])
+    assert list(feats) == [2, 1]
+
+
+def test_pandas_columns_are_unique_for_several_layers(images, tiny_vit):
+    pd = pytest.importorskip("pandas")
+    X, _ = images
+    t = LayerFeatureTransformer(tiny_vit, layer=[3, 1], pooling="cls+mean")
+    df = t.set_output(transform="pandas").fit_transform(X)
+    assert isinstance(df, pd.DataFrame) and df.columns.is_unique and df.shape == (20, 128)
+    np.testing.assert_array_equal(
+        df.to_numpy(), clone(t).set_output(transform="default").fit_transform(X))
+
+
+def test_dict_as_X_is_a_type_error(images, tiny_vit):
+    X, _ = images
+    with pytest.raises(TypeError, match="dict"):
+        LayerFeatureTransformer(tiny_vit).fit({"a": X[0], "b": X[1]})
+
+
+def test_progress_bar_is_silent_for_short_passes(images, tiny_vit, capsys):
+    X, _ = images
+    t = LayerFeatureTransformer(tiny_vit, feature_store=None)
+    assert t.verbose is True
+    t.fit_transform(X)
+    assert capsys.readouterr().err == ""
+
+
+def test_amp_enters_the_store_key_only_where_it_acts(images, tiny_vit):
+    X, _ = images
+    a = LayerFeatureTransformer(tiny_vit, amp=True, device="cpu").fit(X)
+    b = LayerFeatureTransformer(tiny_vit, amp=False, device="cpu").fit(X)
+    assert a._namespace(a._get_handle()) == b._namespace(b._get_handle())
+    if torch.cuda.is_available():
+        a = clone(a).set_params(device="cuda").fit(X)
+        b = clone(b).set_params(device="cuda").fit(X)
+        assert a._namespace(a._get_handle()) != b._namespace(b._get_handle())
+        assert not np.array_equal(a.transform(X), b.transform(X))
+
+
+def test_weights_edited_in_place_give_new_features(images):
+    X, _ = images
+    model = make_tiny_vit()
+    t = LayerFeatureTransformer(model, layer=2)
+    before = t.fit_transform(X)
+    with torch.no_grad():
+        for p in model.blocks[0].parameters():
+            p.data.mul_(1.5)
+    after = t.transform(X)
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(after, clone(t).set_params(feature_store=None)
+                                  .fit_transform(X))
