@@ -259,3 +259,19 @@ def test_load_unlabeled_folder_finds_every_image_at_any_depth(tmp_path, unlabell
         load_unlabeled_folder(tmp_path / "a", extensions=(".bmp",))
     with pytest.raises(ValueError, match="is not a directory"):
         load_unlabeled_folder(tmp_path / "missing")
+
+
+def test_fitted_pretrainer_pickles(unlabelled):
+    import pickle
+
+    pre = pretrainer(max_epochs=1).fit(unlabelled)
+    again = pickle.loads(pickle.dumps(pre))
+    np.testing.assert_array_equal(again.transform(unlabelled[:4]), pre.transform(unlabelled[:4]))
+
+
+def test_missing_lightly_names_the_extra(monkeypatch, unlabelled):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lightly.loss", None)  # import fails
+    with pytest.raises(ImportError, match=r"sklearn-endo\[ssl\]"):
+        pretrainer(max_epochs=1).fit(unlabelled)
