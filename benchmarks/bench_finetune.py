@@ -149,15 +149,19 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--parts", default="1234", help="which measurements, e.g. 14")
     args = parser.parse_args()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     y = np.arange(args.n) % 2
     X = rng.integers(0, 160, (args.n, 64, 64, 3)).astype(np.uint8)
     X[y == 1] += 60
-    bench_step(X, y, device, args.epochs)
-    bench_passes(X, y, device)
-    bench_clone()
+    if "1" in args.parts:
+        bench_step(X, y, device, args.epochs)
+    if "2" in args.parts or "3" in args.parts:
+        bench_passes(X, y, device)
+    if "4" in args.parts:
+        bench_clone()
 
 
 if __name__ == "__main__":
