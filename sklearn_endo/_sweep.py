@@ -19,6 +19,7 @@ from sklearn.model_selection import check_cv
 from sklearn.utils.multiclass import check_classification_targets
 
 from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
+from .probes._linear import fit_folds
 
 __all__ = ["LayerSweepResult", "layer_sweep", "layer_sweep_from_features"]
 
@@ -320,9 +321,13 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
     start = time.perf_counter()
     with _progress(len(splits) * len(layers), f"layer_sweep {len(layers)} layers x "
                    f"{len(splits)} folds", verbose) as bar:
+        if kind == "batched":
+            # every fold and layer in one batched model: the features are not copied
+            # per fold, and each minibatch step serves all folds at once
+            fitted_folds = fit_folds(est, arrays, y, [train for train, _ in splits])
         for fi, (train, test) in enumerate(splits):
             if kind == "batched":
-                fitted = clone(est).fit([a[train] for a in arrays], y[train])
+                fitted = fitted_folds[fi]
                 for li, proba in enumerate(fitted.predict_proba([a[test] for a in arrays])):
                     record(0, li, fi, test, proba, fitted.classes_)
                 bar.update(len(layers))

@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -47,6 +47,14 @@ def _check_params(est):
             raise ValueError(f"{name}={value!r} is invalid for {type(est).__name__}; use {fix}.")
     if not isinstance(est.standardize, (bool, np.bool_)):
         raise ValueError(f"standardize={est.standardize!r} must be True or False.")
+
+
+def _check_two_classes(classes, name="MultiLayerLinearProbe"):
+    if len(classes) < 2:
+        raise ValueError(
+            f"{name} needs samples of at least 2 classes in the data; "
+            f"got one class, {classes.tolist()}."
+        )
 
 
 def _draw_seeds(random_state):
@@ -75,99 +83,146 @@ def _standardize_stats(X, standardize):
 
 
 def _train_heads(Xs, y_enc, n_classes, *, lr, max_epochs, batch_size, weight_decay,
-                 init_seed, shuffle_seed, device, verbose=False):
-    """Train one softmax head per feature matrix in one batched model.
+                 init_seed, shuffle_seed, device, folds=None, verbose=False):
+    """Train one softmax head per (fold, feature matrix) in one batched model.
 
     Args:
-        Xs: list of float arrays (n_samples, d_h), already standardized if wanted.
+        Xs: list of float arrays (n_samples, d_l), one per layer, already standardized
+            if wanted. They are copied once into the model's layout and never again.
         y_enc: int array (n_samples,) of encoded labels in [0, n_classes).
+        folds: None (train on all rows) or a list of int arrays of training rows, all of
+            the same length; each fold trains its own head per layer, with its own
+            minibatch order, exactly as a separate fit on ``X[rows]`` would.
+        init_seed, shuffle_seed: an int, or one int per fold.
 
     Returns:
-        list of (weight (n_classes, d_h), bias (n_classes,)) float32 numpy arrays and the
-        per-epoch mean training loss summed over heads.
+        heads[f][l] = (weight (n_classes, d_l), bias (n_classes,)) float32 numpy arrays,
+        and history[f] = per-epoch mean training loss of fold f summed over layers.
 
-    The step allocates nothing: the minibatch is gathered into a preallocated buffer,
-    the hand-written gradient is written into one flat gradient tensor, and one fused
-    Adam step updates one flat tensor holding all weights and biases (calling the
-    kernel that ``torch.optim.Adam(fused=True)`` calls, without its per-step Python
-    bookkeeping). Allocating the ~1 MB minibatch and gradient of 25 heads at every
-    step, and the optimizer's bookkeeping, cost more than the arithmetic.
+    Layout: features (n_layers, n_samples, d_max + 1), the last column constant 1, so
+    the bias is the last column of the weight and one bmm gives the gradients of both.
+    Heads are ordered layer-major, fold-minor: gathering the minibatch rows of all folds
+    along dim 1 gives (n_layers, n_folds * b, d) = (n_heads, b, d) without a copy. The
+    step allocates nothing; one fused Adam step (the kernel behind
+    ``torch.optim.Adam(fused=True)``, without its per-step Python bookkeeping) updates
+    the single flat tensor holding every head.
     """
-    n_heads = len(Xs)
+    n_layers = len(Xs)
     n_samples = Xs[0].shape[0]
+    folds = [np.arange(n_samples)] if folds is None else [np.asarray(f) for f in folds]
+    n_folds = len(folds)
+    n_train = len(folds[0])
+    if any(len(f) != n_train for f in folds):
+        raise ValueError("all folds of one batched fit must have the same size.")
+    init_seeds = np.broadcast_to(init_seed, n_folds)
+    shuffle_seeds = np.broadcast_to(shuffle_seed, n_folds)
     dims = [X.shape[1] for X in Xs]
     d_max = max(dims)
-    n_w = n_heads * n_classes * d_max
+    width = d_max + 1
+    n_heads = n_layers * n_folds
 
-    # (n_samples, n_heads, d_max): the minibatch of all heads is a gather of
-    # `batch` contiguous rows; bmm reads it through a (n_heads, batch, d_max) view
-    feats = torch.empty(n_samples, n_heads, d_max, dtype=torch.float32)
-    # all weights (n_heads, n_classes, d_max), nn.Linear's layout, then all biases,
-    # in one flat tensor, so that Adam is one fused kernel over one tensor
-    params = torch.zeros(n_w + n_heads * n_classes, dtype=torch.float32)
-    weight = params[:n_w].view(n_heads, n_classes, d_max)
-    bias = params[n_w:].view(n_heads, n_classes)
-    for h, X in enumerate(Xs):
-        feats[:, h, : dims[h]] = torch.as_tensor(np.asarray(X, dtype=np.float32))
-        feats[:, h, dims[h] :] = 0.0
-        w, b = _init_head(dims[h], n_classes, init_seed)
-        weight[h, :, : dims[h]] = w
-        bias[h] = b
+    feats = torch.zeros(n_layers, n_samples, width, dtype=torch.float32)
+    feats[:, :, d_max] = 1.0
+    # all weights, bias last, in nn.Linear's (out, in) layout, one flat tensor so that
+    # Adam is one fused kernel over one tensor
+    params = torch.zeros(n_heads * n_classes * width, dtype=torch.float32)
+    weight = params.view(n_layers, n_folds, n_classes, width)
+    for layer, X in enumerate(Xs):
+        feats[layer, :, : dims[layer]] = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        for f in range(n_folds):
+            w, b = _init_head(dims[layer], n_classes, int(init_seeds[f]))
+            weight[layer, f, :, : dims[layer]] = w
+            weight[layer, f, :, d_max] = b
     feats = feats.to(device)
-    target = torch.as_tensor(y_enc, dtype=torch.long, device=device)
     params = params.to(device)
-    weight = params[:n_w].view(n_heads, n_classes, d_max)
-    bias = params[n_w:].view(n_heads, n_classes)
+    weight = params.view(n_heads, n_classes, width)
     grads = torch.zeros_like(params)
-    grad_weight = grads[:n_w].view(n_heads, n_classes, d_max)
-    grad_bias = grads[n_w:].view(n_heads, n_classes)
+    grad_weight = grads.view(n_heads, n_classes, width)
     adam_step = _make_adam_step(params, grads, lr=lr, weight_decay=weight_decay)
 
-    bmax = min(batch_size, n_samples)
-    x_buf = torch.empty(bmax, n_heads, d_max, device=device)
-    # logits as (n_heads, n_classes, batch): W @ x^T reads both operands row-major, the
-    # softmax over dim 1 is ~3x faster than over a last dim of n_classes, and the
-    # gradient (n_heads, n_classes, batch) is the plain left operand of G @ x
-    logits_buf = torch.empty(n_heads, n_classes, bmax, device=device)
-    minus_one = torch.full((n_heads, 1, bmax), -1.0, device=device)
-    bias_b = bias.unsqueeze(2)  # (n_heads, n_classes, 1), broadcast over the batch
-    starts = list(range(0, n_samples, batch_size))
-    n_batches = len(starts)
-    # per-step sum over heads and samples of log p(target); summed once per epoch
-    step_loss = torch.zeros(n_batches, dtype=torch.float32, device=device)
-    shuffle_gen = torch.Generator().manual_seed(shuffle_seed)
+    rows = torch.as_tensor(np.stack(folds), dtype=torch.long, device=device)  # (F, n_train)
+    target = torch.as_tensor(np.asarray(y_enc), dtype=torch.long, device=device)
+    n_full, rest = divmod(n_train, batch_size)
+    sizes = [batch_size] * n_full + ([rest] if rest else [])  # minibatch sizes of an epoch
+    bmax = max(sizes)
+    x_flat = torch.empty(n_heads * bmax * width, device=device)
+    logits_flat = torch.empty(n_heads * n_classes * bmax, device=device)
+    minus_one = torch.full((n_heads * bmax,), -1.0, device=device)
+    # contiguous buffers for both minibatch sizes, (n_layers, F * b, width) for the
+    # gather; logits as (n_heads, n_classes, b): W @ x^T reads both operands row-major,
+    # the softmax over dim 1 is ~3x faster than over a last dim of n_classes, and the
+    # gradient (n_heads, n_classes, b) is the plain left operand of G @ x
+    buffers = {
+        b: (x_flat[: n_heads * b * width].view(n_layers, n_folds * b, width),
+            logits_flat[: n_heads * n_classes * b].view(n_heads, n_classes, b),
+            minus_one[: n_heads * b].view(n_heads, 1, b))
+        for b in set(sizes)
+    }
+    # p(target) of every head and sample of an epoch; logs summed once per epoch
+    p_full = torch.empty(n_full, n_heads, 1, batch_size, device=device)
+    p_rest = torch.empty(n_heads, 1, rest, device=device)
+    p_out = [*p_full.unbind(0), p_rest][: len(sizes)]
+    gens = [torch.Generator().manual_seed(int(s)) for s in shuffle_seeds]
     history = []
     for epoch in range(max_epochs):
-        order = torch.randperm(n_samples, generator=shuffle_gen).to(device)
-        target_epoch = target[order]
-        for i, start in enumerate(starts):
-            idx = order[start : start + batch_size]
-            b = idx.shape[0]
-            xb = x_buf[:b]
-            torch.index_select(feats, 0, idx, out=xb)
-            x = xb.transpose(0, 1)  # (n_heads, b, d_max)
-            t = target_epoch[start : start + b].expand(n_heads, 1, b)
-            logits = logits_buf[:, :, :b]
-            torch.baddbmm(bias_b, weight, x.transpose(1, 2), out=logits)
-            # loss = sum over heads of the per-head mean cross-entropy. Its gradient is
-            # written out, (softmax - onehot) / batch: autograd's bmm backward on CPU
-            # was ~10x slower than these two bmm calls.
-            log_p = torch.log_softmax(logits, dim=1)
-            torch.sum(log_p.gather(1, t), dim=(0, 1, 2), out=step_loss[i])
-            grad_logits = log_p.exp_()
-            grad_logits.scatter_add_(1, t, minus_one[:, :, :b])
-            grad_logits /= b
-            torch.bmm(grad_logits, x, out=grad_weight)
-            torch.sum(grad_logits, dim=2, out=grad_bias)
+        # per fold, the order a separate fit would draw; then, per step, the global
+        # rows of all folds (F * b contiguous) and the targets of all heads
+        order = torch.stack([torch.randperm(n_train, generator=g) for g in gens]).to(device)
+        epoch_rows = rows.gather(1, order)  # (F, n_train)
+        steps_rows, steps_target = _split_steps(epoch_rows, target, n_layers, batch_size)
+        for rows_i, t, p_i, b in zip(steps_rows, steps_target, p_out, sizes):
+            xb, logits, minus = buffers[b]
+            torch.index_select(feats, 1, rows_i, out=xb)
+            x = xb.view(n_heads, b, width)
+            torch.bmm(weight, x.transpose(1, 2), out=logits)
+            # loss = per head the mean cross-entropy, summed over heads; its gradient
+            # (softmax - onehot) / b is written out: autograd's bmm backward on CPU was
+            # ~10x slower than these two bmm calls
+            grad_logits = torch.softmax(logits, dim=1)
+            torch.gather(grad_logits, 1, t, out=p_i)
+            grad_logits.scatter_add_(1, t, minus)
+            torch.baddbmm(grad_weight, grad_logits, x, beta=0.0, alpha=1.0 / b,
+                          out=grad_weight)
             adam_step()
-        history.append(-step_loss.double().sum().item() / n_samples)
+        losses = _epoch_losses(p_full, p_rest, n_layers, n_folds, n_train)
+        history.append(losses)
         if verbose:
             label = "1 head" if n_heads == 1 else f"{n_heads} heads"
-            print(f"[{label}] epoch {epoch + 1}/{max_epochs} train loss {history[-1]:.4f}")
+            print(f"[{label}] epoch {epoch + 1}/{max_epochs} train loss {losses.sum():.4f}")
 
-    weight = weight.cpu().numpy()
-    bias = bias.cpu().numpy()
-    return [(weight[h, :, : dims[h]].copy(), bias[h].copy()) for h in range(n_heads)], history
+    weight = weight.view(n_layers, n_folds, n_classes, width).cpu().numpy()
+    heads = [[(weight[layer, f, :, : dims[layer]].copy(), weight[layer, f, :, d_max].copy())
+              for layer in range(n_layers)] for f in range(n_folds)]
+    history = np.asarray(history)  # (max_epochs, n_folds)
+    return heads, [history[:, f].tolist() for f in range(n_folds)]
+
+
+def _split_steps(epoch_rows, target, n_layers, batch_size):
+    """Per step, the rows of all folds (F * b,) and the targets (n_heads, 1, b).
+
+    Built once per epoch as contiguous blocks (the full minibatches, then the last,
+    smaller one), so a step only takes a view.
+    """
+    n_folds, n_train = epoch_rows.shape
+    n_full = n_train // batch_size
+    steps_rows, steps_target = [], []
+    for begin, count, b in ((0, n_full, batch_size),
+                            (n_full * batch_size, 1, n_train - n_full * batch_size)):
+        if count == 0 or b == 0:
+            continue
+        block = epoch_rows[:, begin : begin + count * b].reshape(n_folds, count, b)
+        block = block.transpose(0, 1).contiguous()  # (count, F, b)
+        tgt = target[block].unsqueeze(1).expand(count, n_layers, n_folds, b).contiguous()
+        steps_rows.extend(block.view(count, n_folds * b).unbind(0))
+        steps_target.extend(tgt.view(count, n_layers * n_folds, 1, b).unbind(0))
+    return steps_rows, steps_target
+
+
+def _epoch_losses(p_full, p_rest, n_layers, n_folds, n_train):
+    """Per fold, the epoch's mean training cross-entropy summed over layers."""
+    total = -torch.log(p_full.double()).sum(dim=(0, 2, 3))
+    total += -torch.log(p_rest.double()).sum(dim=(1, 2))
+    return (total.cpu() / n_train).view(n_layers, n_folds).sum(dim=0).numpy()
 
 
 def _make_adam_step(param, grad, lr, weight_decay):
@@ -299,14 +354,15 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
         self.mean_, self.scale_ = _standardize_stats(X, self.standardize)
         Xs = X if self.mean_ is None else (X - self.mean_) / self.scale_
         init_seed, shuffle_seed = _draw_seeds(self.random_state)
-        heads, self.loss_curve_ = _train_heads(
+        heads, curves = _train_heads(
             [Xs], encoder.transform(y), len(self.classes_), lr=self.lr,
             max_epochs=self.max_epochs, batch_size=self.batch_size,
             weight_decay=self.weight_decay, init_seed=init_seed,
             shuffle_seed=shuffle_seed, device=resolve_device(self.device),
             verbose=self.verbose,
         )
-        weight, bias = heads[0]
+        weight, bias = heads[0][0]
+        self.loss_curve_ = curves[0]
         self.coef_ = weight
         self.intercept_ = bias
         return self
@@ -422,6 +478,25 @@ class MultiLayerLinearProbe(BaseEstimator):
 
     def fit(self, Xs, y):
         """Fit one head per feature array in ``Xs`` (list, or dict keyed by layer)."""
+        keys, arrays, y = self._check_fit_inputs(Xs, y)
+        encoder = LabelEncoder().fit(y)
+        classes = encoder.classes_
+        _check_two_classes(classes)
+        if self.standardize:  # statistics in float64, as LinearProbeClassifier
+            arrays = [a.astype(np.float64, copy=False) for a in arrays]
+        stats = [_standardize_stats(a, self.standardize) for a in arrays]
+        inputs = [a if m is None else (a - m) / s for a, (m, s) in zip(arrays, stats)]
+        init_seed, shuffle_seed = _draw_seeds(self.random_state)
+        heads, curves = _train_heads(
+            inputs, encoder.transform(y), len(classes), lr=self.lr,
+            max_epochs=self.max_epochs, batch_size=self.batch_size,
+            weight_decay=self.weight_decay, init_seed=init_seed, shuffle_seed=shuffle_seed,
+            device=resolve_device(self.device), verbose=self.verbose,
+        )
+        return self._set_fitted(keys, classes, heads[0], curves[0], stats,
+                                [a.shape[1] for a in arrays])
+
+    def _check_fit_inputs(self, Xs, y):
         _check_params(self)
         keys, arrays = self._split_inputs(Xs, reset=True)
         y = np.asarray(y)
@@ -431,33 +506,19 @@ class MultiLayerLinearProbe(BaseEstimator):
                 f"got shape {y.shape}."
             )
         check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
-        classes = encoder.classes_
-        if len(classes) < 2:
-            raise ValueError(
-                "MultiLayerLinearProbe needs samples of at least 2 classes in the data; "
-                f"got one class, {classes.tolist()}."
-            )
-        if self.standardize:  # statistics in float64, as LinearProbeClassifier
-            arrays = [a.astype(np.float64, copy=False) for a in arrays]
-        stats = [_standardize_stats(a, self.standardize) for a in arrays]
-        inputs = [a if m is None else (a - m) / s for a, (m, s) in zip(arrays, stats)]
-        init_seed, shuffle_seed = _draw_seeds(self.random_state)
-        heads, self.loss_curve_ = _train_heads(
-            inputs, encoder.transform(y), len(classes), lr=self.lr,
-            max_epochs=self.max_epochs, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, init_seed=init_seed, shuffle_seed=shuffle_seed,
-            device=resolve_device(self.device), verbose=self.verbose,
-        )
+        return keys, arrays, y
+
+    def _set_fitted(self, keys, classes, heads, curve, stats, dims):
+        self.loss_curve_ = curve
         params = self.get_params()
         self.estimators_ = []
-        for (weight, bias), (mean, scale), a in zip(heads, stats, arrays):
+        for (weight, bias), (mean, scale), dim in zip(heads, stats, dims):
             est = LinearProbeClassifier(**params)
             est.classes_ = classes
             est.coef_ = weight
             est.intercept_ = bias
             est.mean_, est.scale_ = mean, scale
-            est.n_features_in_ = a.shape[1]
+            est.n_features_in_ = dim
             est.loss_curve_ = None  # only the summed curve exists for batched training
             self.estimators_.append(est)
         self.keys_ = keys
@@ -489,3 +550,67 @@ class MultiLayerLinearProbe(BaseEstimator):
         tags.target_tags.required = True
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def fit_folds(probe, Xs, y, train_folds):
+    """Fit a clone of ``probe`` on the training rows of every fold, all in one model.
+
+    Equal to ``[clone(probe).fit([X[rows] for X in Xs], y[rows]) for rows in
+    train_folds]`` (the same seeds, initial weights and minibatches per fold, so the
+    same heads up to float32 rounding) but trained as one batch of
+    ``n_layers * n_folds`` heads: one gather, two bmm and one fused Adam step per
+    minibatch for all folds, and the features copied once instead of once per fold.
+    Folds are batched together when they have the same number of training rows and
+    the same classes (k-fold splits differ by at most one row, so usually one or two
+    groups). With ``standardize=True`` every fold has its own statistics, so each fold
+    is fitted on its own.
+
+    Parameters
+    ----------
+    probe : MultiLayerLinearProbe
+        Unfitted template; it is cloned, never fitted itself.
+    Xs : list or dict of ndarray of shape (n_samples, n_features_layer)
+        Features of all samples, one array per layer.
+    y : array-like of shape (n_samples,)
+    train_folds : list of int arrays
+        Training rows of each fold, e.g. ``[train for train, _ in cv.split(X, y)]``.
+
+    Returns
+    -------
+    list of MultiLayerLinearProbe
+        One fitted probe per fold, in ``train_folds`` order.
+    """
+    template = clone(probe)
+    keys, arrays, y = template._check_fit_inputs(Xs, y)
+    train_folds = [np.asarray(rows) for rows in train_folds]
+    fitted = [clone(probe) for _ in train_folds]
+    if probe.standardize:
+        return [est.fit({k: a[rows] for k, a in zip(keys, arrays)} if isinstance(Xs, dict)
+                        else [a[rows] for a in arrays], y[rows])
+                for est, rows in zip(fitted, train_folds)]
+    # the seeds each clone's own fit would draw (a RandomState is copied by clone)
+    seeds = [_draw_seeds(est.random_state) for est in fitted]
+    groups = {}
+    for f, rows in enumerate(train_folds):
+        if rows.ndim != 1 or len(rows) == 0:
+            raise ValueError(f"train_folds[{f}] must be a non-empty 1-d array of row indices.")
+        classes = np.unique(y[rows])
+        _check_two_classes(classes)
+        groups.setdefault((len(rows), tuple(classes)), []).append(f)
+    dims = [a.shape[1] for a in arrays]
+    stats = [(None, None)] * len(arrays)
+    for (_, classes), members in groups.items():
+        classes = np.asarray(classes)
+        # labels outside the group's classes are never in its training rows
+        codes = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+        heads, curves = _train_heads(
+            arrays, codes, len(classes), lr=probe.lr, max_epochs=probe.max_epochs,
+            batch_size=probe.batch_size, weight_decay=probe.weight_decay,
+            init_seed=[seeds[f][0] for f in members],
+            shuffle_seed=[seeds[f][1] for f in members],
+            device=resolve_device(probe.device), folds=[train_folds[f] for f in members],
+            verbose=probe.verbose,
+        )
+        for f, fold_heads, curve in zip(members, heads, curves):
+            fitted[f]._set_fitted(keys, classes, fold_heads, curve, stats, dims)
+    return fitted
