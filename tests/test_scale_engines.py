@@ -7,12 +7,11 @@ Both tests start worker processes that import torch, timm and scikit-learn (5 to
 CPU each), so both take more than 20 s on two cores: they are marked ``slow``.
 """
 
-import json
+import argparse
 import logging
 import os
 import subprocess
 import sys
-import textwrap
 
 import joblib
 import numpy as np
@@ -24,6 +23,7 @@ from sklearn.pipeline import make_pipeline
 
 from sklearn_endo import LayerFeatureTransformer
 from sklearn_endo._encoders import resolve_encoder
+from sklearn_endo.datasets import load_image_folder
 
 ENCODER = dict(encoder="resnet18", pretrained=False, img_size=32)
 GRID = {"layerfeaturetransformer__layer": [1, 3, 5, 8]}
@@ -94,100 +94,65 @@ def test_joblib_dask_backend_gives_the_single_process_results(images, tmp_path):
     assert after_warm == after_cold
 
 
-# One Optuna worker process: joins the study through the journal file, runs trials whose
-# objective is the CV log-loss of a layer, and records the images it encoded per trial.
-WORKER = textwrap.dedent("""
-    import json, sys
-    import numpy as np, optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from sklearn_endo._encoders import resolve_encoder
-    sys.path.insert(0, {tests!r})
-    from test_scale_engines import ENCODER, objective
-
-    journal, store, data, n_trials, seed, counts = sys.argv[1:7]
-    X, y = np.load(data)["X"], np.load(data)["y"]
-    module = resolve_encoder(ENCODER["encoder"], pretrained=False,
-                             img_size=ENCODER["img_size"], device="cpu").module
-    seen = [0]
-    module.register_forward_pre_hook(lambda m, a: seen.__setitem__(0, seen[0] + len(a[0])))
-    study = optuna.load_study(study_name="layers",
-                              storage=JournalStorage(JournalFileBackend(journal)),
-                              sampler=optuna.samplers.RandomSampler(seed=int(seed)))
-    per_trial = []
-
-    def counted(trial):
-        before = seen[0]
-        try:
-            return objective(trial, X, y, store)
-        finally:
-            per_trial.append(seen[0] - before)
-
-    study.optimize(counted, n_trials=int(n_trials))
-    with open(counts, "w") as f:
-        json.dump(per_trial, f)
-""")
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples",
+                       "optuna_shared_study.py")
 
 
-def objective(trial, X, y, store):
-    layer = trial.suggest_int("layer", 0, 8)
-    pipe = _pipe(store).set_params(layerfeaturetransformer__layer=layer)
-    cv = StratifiedKFold(3, shuffle=True, random_state=0)
-    return -cross_val_score(pipe, X, y, cv=cv, scoring="neg_log_loss").mean()
+def _png_tree(root, n_per_class=(6, 6)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(n_per_class):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 200, (24, 24, 3), dtype=np.uint8)
+            a[..., c] = 255
+            Image.fromarray(a).save(root / f"class_{c}" / f"{i}.png")
+    return root
 
 
 @pytest.mark.slow
-def test_optuna_study_shared_through_journal_storage_by_two_processes(images, tmp_path,
-                                                                     counter):
+def test_optuna_study_shared_through_journal_storage_by_two_processes(tmp_path):
+    """examples/optuna_shared_study.py: one warm-up trial here, then two worker processes
+    on one journal file and one store; trials after the first encode nothing."""
+    import importlib.util
+
     optuna = pytest.importorskip("optuna")
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    spec = importlib.util.spec_from_file_location("optuna_shared_study", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
 
-    X, y = images
-    data, store = tmp_path / "data.npz", tmp_path / "store"
-    np.savez(data, X=X, y=y)
-    journal = str(tmp_path / "study.log")
-    storage = JournalStorage(JournalFileBackend(journal))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="layers", storage=storage, direction="minimize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    data = _png_tree(tmp_path / "data")
+    journal, store = str(tmp_path / "study.log"), str(tmp_path / "store")
+    argv = [str(data), "--storage", journal, "--store", store, "--encoder", "resnet18",
+            "--random-weights", "--img-size", "32", "--device", "cpu", "--cv", "3"]
+    assert example.main([*argv, "--n-trials", "1", "--seed", "0"]) == 0  # warms the store
 
-    # the first trial warms the store (here, in this process)
-    seen = counter(resolve_encoder("resnet18", pretrained=False, img_size=32,
-                                   device="cpu").module)
-    study.optimize(lambda t: objective(t, X, y, store), n_trials=1)
-    assert seen.images == len(X)
-
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), journal, str(store), str(data),
-                               "3", str(seed), str(tmp_path / f"counts{seed}.json")],
-                              env=env, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, EXAMPLE, *argv, "--n-trials", "3",
+                               "--seed", str(seed)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for seed in (1, 2)]
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
+        assert "0 images encoded here" in out, out
 
-    per_worker = [json.loads((tmp_path / f"counts{s}.json").read_text()) for s in (1, 2)]
-    assert per_worker == [[0, 0, 0], [0, 0, 0]]  # no encoder pass after the first trial
-    trials = optuna.load_study(study_name="layers", storage=storage).trials
+    study = optuna.load_study(study_name="layers", storage=example.make_storage(journal))
+    trials = sorted(study.trials, key=lambda t: t.number)
     assert len(trials) == 7 and all(t.state.name == "COMPLETE" for t in trials)
+    encoded = [t.user_attrs["images_encoded"] for t in trials]
+    assert encoded == [12, 0, 0, 0, 0, 0, 0]  # one pass, in the first trial only
+    workers = {t.user_attrs["pid"] for t in trials[1:]}
+    assert len(workers) == 2 and os.getpid() not in workers
     # every trial's value is the single-process CV log-loss of its layer
+    args = argparse.Namespace(encoder="resnet18", random_weights=True, img_size=32,
+                              device="cpu", store=store)
+    pipe = example.make_pipe(args)
+    X, y = load_image_folder(data, return_X_y=True)
     for t in trials:
-        assert t.value == pytest.approx(objective(_Fixed(t.params["layer"]), X, y, store),
-                                        rel=1e-9)
-    assert seen.images == len(X)  # those checks, too, read the store
-
-
-class _Fixed:
-    """A stand-in trial that suggests a fixed layer."""
-
-    def __init__(self, layer):
-        self.layer = layer
-
-    def suggest_int(self, name, low, high):
-        return self.layer
+        assert t.value == pytest.approx(example.cv_log_loss(pipe, t.params["layer"], X,
+                                                            y, 3), rel=1e-9)
 
 
 @pytest.mark.slow
