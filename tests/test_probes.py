@@ -187,6 +187,94 @@ def test_batched_probe_input_errors():
         probe.predict_proba({1: feats[1], 3: feats[1], 5: feats[5]})
 
 
+def _fold_rows(n):
+    """Five k-fold training sets; with 61 rows the folds have 48 or 49 rows (two groups)."""
+    from sklearn.model_selection import KFold
+
+    return [train for train, _ in KFold(5, shuffle=True, random_state=0).split(np.zeros(n))]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"lr": 1e-3, "max_epochs": 3, "random_state": 11},
+        {"lr": 1e-3, "max_epochs": 2, "batch_size": 7, "weight_decay": 1e-2,
+         "random_state": np.random.RandomState(4)},
+        {"lr": 1e-3, "max_epochs": 2, "standardize": True, "random_state": 2},
+    ],
+)
+def test_fit_folds_equals_one_fit_per_fold(params):
+    """All folds in one model = a clone fitted on each fold's rows (unequal fold sizes)."""
+    from sklearn.base import clone
+
+    from sklearn_endo.probes._linear import fit_folds
+
+    feats, y = _layered_data(n=61)
+    labels = np.array(["a", "b", "c"])[y]
+    folds = _fold_rows(61)
+    assert len({len(f) for f in folds}) == 2
+    probe = MultiLayerLinearProbe(**params)
+    together = fit_folds(probe, feats, labels, folds)
+    assert not hasattr(probe, "estimators_")  # the template is not fitted
+    for rows, fitted in zip(folds, together):
+        alone = clone(probe).fit({k: v[rows] for k, v in feats.items()}, labels[rows])
+        assert fitted.keys_ == alone.keys_ == [1, 3, 5]
+        np.testing.assert_array_equal(fitted.classes_, alone.classes_)
+        for a, b, X in zip(fitted.estimators_, alone.estimators_, feats.values()):
+            np.testing.assert_allclose(a.coef_, b.coef_, atol=BATCHED_ATOL)
+            np.testing.assert_allclose(a.intercept_, b.intercept_, atol=BATCHED_ATOL)
+            np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X),
+                                       atol=BATCHED_ATOL)
+        np.testing.assert_allclose(fitted.loss_curve_, alone.loss_curve_, rtol=1e-5)
+
+
+def test_fit_folds_matches_a_plain_torch_loop_per_fold():
+    """Independent reference: per fold, nn.Linear + autograd CE + torch Adam."""
+    from sklearn_endo.probes._linear import fit_folds
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(30, 4)).astype(np.float32)
+    y = rng.randint(0, 2, 30)
+    folds = [np.arange(0, 20), np.arange(10, 30)]
+    fitted = fit_folds(MultiLayerLinearProbe(lr=1e-2, max_epochs=3, batch_size=6,
+                                             random_state=7), [X], y, folds)
+    init_seed, shuffle_seed = check_random_state(7).randint(0, 2**31 - 1, size=2)
+    for rows, probe in zip(folds, fitted):
+        lin = torch.nn.Linear(4, 2)
+        gen = torch.Generator().manual_seed(int(init_seed))
+        with torch.no_grad():
+            lin.weight.copy_((torch.rand(2, 4, generator=gen) * 2 - 1) / 2)
+            lin.bias.copy_((torch.rand(2, generator=gen) * 2 - 1) / 2)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+        order_gen = torch.Generator().manual_seed(int(shuffle_seed))
+        Xt, yt = torch.from_numpy(X[rows]), torch.from_numpy(y[rows]).long()
+        for _ in range(3):
+            perm = torch.randperm(20, generator=order_gen)
+            for s in range(0, 20, 6):
+                idx = perm[s : s + 6]
+                loss = torch.nn.functional.cross_entropy(lin(Xt[idx]), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        np.testing.assert_allclose(probe.estimators_[0].coef_, lin.weight.detach().numpy(),
+                                   atol=1e-5)
+        np.testing.assert_allclose(probe.estimators_[0].intercept_,
+                                   lin.bias.detach().numpy(), atol=1e-5)
+
+
+def test_fit_folds_errors():
+    from sklearn_endo.probes._linear import fit_folds
+
+    feats, y = _layered_data(n=20)
+    probe = MultiLayerLinearProbe(max_epochs=1, random_state=0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fit_folds(probe, feats, y, [np.flatnonzero(y == 0)])
+    with pytest.raises(ValueError, match=r"train_folds\[1\]"):
+        fit_folds(probe, feats, y, [np.arange(10), np.array([], dtype=int)])
+    with pytest.raises(ValueError, match="lr"):
+        fit_folds(MultiLayerLinearProbe(lr=-1), feats, y, [np.arange(20)])
+
+
 # ---------------------------------------------------------------- k-NN probe
 def _knn_data():
     rng = np.random.RandomState(0)
