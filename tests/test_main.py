@@ -317,3 +317,23 @@ def test_sweep_help_lists_its_options(capsys):
     for flag in ("--encoder", "--checkpoint", "--layers", "--pooling", "--cv", "--store",
                  "--out", "--img-size", "--random-weights", "--quiet"):
         assert flag in text
+
+
+def test_sweep_shows_progress_by_default(tmp_path, capsys, monkeypatch):
+    import tqdm.auto
+
+    made = []
+    real = tqdm.auto.tqdm
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", spy)
+    data = _write_tree(tmp_path / "data", (2, 2))
+    argv = ["sweep", str(data), *[a for a in SWEEP if a != "--quiet"], "--cv", "2",
+            "--layers", "1,8", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    search = [kw for kw in made if kw.get("desc") == "GridSearchCV fits"]
+    assert len(search) == 1 and search[0]["total"] == 2 * 2 and not search[0]["disable"]
+    assert len(made) >= 2  # and the encoder pass's bar
