@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.utils import check_random_state
 from sklearn.exceptions import SkipTestWarning
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.utils import check_random_state, get_tags
 from sklearn.utils import estimator_checks as ec
-from sklearn.utils import get_tags
 from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
 
 from sklearn_endo.probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
