@@ -365,6 +365,8 @@ def _check_sweep_args(ap, args):
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
         ap.error(f"argument --out: cannot create {args.out!r} ({exc.strerror or exc})")
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        ap.error(f"argument --out: {args.out!r} is not writable; pass another directory")
 
 
 def _resolve_layers(spec, n_layers, encoder):
@@ -429,8 +431,9 @@ def sweep_main(argv):
     with _counting_encoder_images(transformer.encoder_) as images_seen:
         start = time.perf_counter()
         try:
-            # one pass over the images not yet stored; everything after is lookups
-            transformer.layer_features(X, layers)
+            # one pass over the images not yet stored (it stores every layer; one is
+            # returned, to hold little in memory); everything after is lookups
+            transformer.layer_features(X, layers[:1])
         except (DecodeError, ValueError) as exc:  # unreadable file, unwritable store
             return _fail(_one_line(exc), SWEEP_PROG)
         pass_seconds = time.perf_counter() - start
