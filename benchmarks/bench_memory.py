@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 CHILD = textwrap.dedent("""
     import json, os, resource, sys, time

@@ -14,8 +14,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from sklearn_endo import LayerFeatureTransformer, clear_feature_store
-from sklearn_endo import _transformer
+from sklearn_endo import LayerFeatureTransformer, _transformer, clear_feature_store
 from sklearn_endo._store import _HOST, FeatureStoreWarning, _layout_digest
 
 
