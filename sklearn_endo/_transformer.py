@@ -378,8 +378,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
             store.check_writable()  # before the pass, not after it
             first = [where[k][0] for k in todo]
             stale = False
-            for start, stop, feats in self._iter(handle, images, first,
-                                                 range(handle.n_layers + 1), False):
+            batches = self._iter(handle, images, first, range(handle.n_layers + 1), False)
+            for start, stop, feats in batches:
                 fresh = layout_of(feats)
                 if layout is None:
                     layout = fresh
@@ -390,6 +390,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                 rows = pack(feats, layout)
                 store.put(ns, todo[start:stop], rows)
                 out.fill_keys(todo[start:stop], where, rows, layout)
+            batches.close()  # releases the encoder's lock before any second pass
             if stale:
                 warnings.warn(f"The stored layout of feature store namespace {ns} does "
                               f"not match this encoder's features; recomputing them.",
