@@ -5,7 +5,8 @@ momentum branches), the same loss, the same views (same dataset and augmentation
 objects, same batch size, shuffle, drop_last) and AdamW; the plain loop has no history,
 progress bar, lr schedule, gradient scaler or checkpoints. Epochs are interleaved
 (estimator, plain, estimator, ...), each side's first epoch untimed, so that load from
-other processes hits both alike; the ratio is of medians. The estimator's epoch time is its ``history_[:, "dur"]``.
+other processes hits both alike; the ratio is of medians. The estimator's epoch time is
+its ``history_[:, "dur"]``.
 
 Run: ``python benchmarks/bench_ssl.py [--n-images 128] [--repeats 3]``
 """

@@ -19,7 +19,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 import timm
 import torch
 
@@ -82,7 +81,7 @@ def main():
     X_lab, y_lab = make_lesions(args.n_labelled, n_classes=5, image_size=IMG,
                                 random_state=2)
     half = args.n_labelled // 2
-    X_tr, y_tr, X_te, y_te = X_lab[:half], y_lab[:half], X_lab[half:], y_lab[half:]
+    y_tr, y_te = y_lab[:half], y_lab[half:]
     print(f"{args.n_unlabelled} unlabelled images; probes trained on {half}, tested on "
           f"{len(y_te)} labelled ones (5 classes, chance 0.2)")
 

@@ -7,8 +7,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from .conftest import make_tiny_vit
 from sklearn.base import clone
+
+from .conftest import make_tiny_vit
 
 pytest.importorskip("lightly")
 
