@@ -328,7 +328,8 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
         for fi, (train, test) in enumerate(splits):
             if kind == "batched":
                 fitted = fitted_folds[fi]
-                for li, proba in enumerate(fitted.predict_proba([a[test] for a in arrays])):
+                test_rows = [a[test] for a in arrays]  # rows fit_folds checked
+                for li, proba in enumerate(fitted._predict_proba_checked(test_rows)):
                     record(0, li, fi, test, proba, fitted.classes_)
                 bar.update(len(layers))
                 continue

@@ -370,7 +370,11 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """Logits (n_samples, n_classes); for two classes the logit difference (n_samples,)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self._decision(validate_data(self, X, reset=False, dtype=np.float64))
+
+    def _decision(self, X):
+        """decision_function on a checked array of the fitted width."""
+        X = np.asarray(X, dtype=np.float64)
         if self.mean_ is not None:
             X = (X - self.mean_) / self.scale_
         scores = X @ self.coef_.T.astype(np.float64) + self.intercept_.astype(np.float64)
@@ -381,7 +385,10 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
         check_is_fitted(self)
-        scores = self.decision_function(X)
+        return self._proba(self.decision_function(X))
+
+    @staticmethod
+    def _proba(scores):
         if scores.ndim == 1:
             scores = np.column_stack([np.zeros_like(scores), scores])
         return _softmax(scores)
@@ -529,7 +536,21 @@ class MultiLayerLinearProbe(BaseEstimator):
         """List of (n_samples, n_classes) probabilities, one per layer, in ``keys_`` order."""
         check_is_fitted(self)
         _, arrays = self._split_inputs(Xs, reset=False)
-        return [est.predict_proba(a) for est, a in zip(self.estimators_, arrays)]
+        for key, est, a in zip(self.keys_, self.estimators_, arrays):
+            if a.shape[1] != est.n_features_in_:
+                raise ValueError(
+                    f"Xs[{key!r}] has {a.shape[1]} features, but the probe of that layer "
+                    f"was fitted on {est.n_features_in_} features; pass that layer's features."
+                )
+        return self._predict_proba_checked(arrays)
+
+    def _predict_proba_checked(self, arrays):
+        """predict_proba on arrays already checked (rows of the arrays given to fit).
+
+        The sweep predicts the test rows of features that fit_folds validated; checking
+        them again per layer and fold cost more than the prediction.
+        """
+        return [est._proba(est._decision(a)) for est, a in zip(self.estimators_, arrays)]
 
     def predict(self, Xs):
         """List of predicted labels, one array per layer."""
