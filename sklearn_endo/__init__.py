@@ -7,16 +7,18 @@ protocols around them (layer sweeps, probes, CKA, clinical metrics).
 
 __version__ = "0.1.0"
 
-from . import datasets, inspection, metrics, plotting, probes, ubc
+from . import datasets, finetune, inspection, metrics, plotting, probes, ubc
 from ._encoders import WeightsUnavailableError
 from ._store import FeatureStore, clear_feature_store
 from ._sweep import LayerSweepResult, layer_sweep, layer_sweep_from_features
 from ._transformer import LayerFeatureTransformer
+from .finetune import FineTuneClassifier, bit_hyperrule
 from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
 from .ubc import UBCClassifier
 
 __all__ = [
     "FeatureStore",
+    "FineTuneClassifier",
     "KNNProbeClassifier",
     "LayerFeatureTransformer",
     "LayerSweepResult",
@@ -24,8 +26,10 @@ __all__ = [
     "MultiLayerLinearProbe",
     "UBCClassifier",
     "WeightsUnavailableError",
+    "bit_hyperrule",
     "clear_feature_store",
     "datasets",
+    "finetune",
     "inspection",
     "layer_sweep",
     "layer_sweep_from_features",
