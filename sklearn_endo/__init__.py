@@ -14,6 +14,7 @@ from ._sweep import LayerSweepResult, layer_sweep, layer_sweep_from_features
 from ._transformer import LayerFeatureTransformer
 from .finetune import FineTuneClassifier, bit_hyperrule
 from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
+from .ssl import SelfSupervisedPretrainer
 from .ubc import UBCClassifier
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LayerSweepResult",
     "LinearProbeClassifier",
     "MultiLayerLinearProbe",
+    "SelfSupervisedPretrainer",
     "UBCClassifier",
     "WeightsUnavailableError",
     "bit_hyperrule",
@@ -36,5 +38,6 @@ __all__ = [
     "metrics",
     "plotting",
     "probes",
+    "ssl",
     "ubc",
 ]
