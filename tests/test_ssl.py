@@ -243,7 +243,7 @@ def test_no_warnings_from_a_plain_fit(unlabelled):
 def test_load_unlabeled_folder_finds_every_image_at_any_depth(tmp_path, unlabelled):
     from PIL import Image
 
-    from sklearn_endo.datasets._unlabeled import load_unlabeled_folder
+    from sklearn_endo.datasets import load_unlabeled_folder
 
     for rel in ["a/1.png", "a/b/2.JPG", "3.png", "c/d/e/4.tif", ".hidden/5.png",
                 "a/.6.png"]:
