@@ -31,8 +31,7 @@ from sklearn.pipeline import make_pipeline
 
 from sklearn_endo import LayerFeatureTransformer, clear_feature_store, layer_sweep
 from sklearn_endo._images import check_images, make_loader
-from sklearn_endo.probes import MultiLayerLinearProbe
-from sklearn_endo.probes._linear import fit_folds
+from sklearn_endo.probes import MultiLayerLinearProbe, fit_folds
 
 
 class Counter:

@@ -25,8 +25,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from sklearn_endo import layer_sweep_from_features
-from sklearn_endo.probes import LinearProbeClassifier, MultiLayerLinearProbe
-from sklearn_endo.probes._linear import fit_folds
+from sklearn_endo.probes import LinearProbeClassifier, MultiLayerLinearProbe, fit_folds
 
 
 def main():

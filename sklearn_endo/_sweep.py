@@ -18,8 +18,7 @@ from sklearn.base import clone, is_classifier
 from sklearn.model_selection import check_cv
 from sklearn.utils.multiclass import check_classification_targets
 
-from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe
-from .probes._linear import fit_folds
+from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe, fit_folds
 
 __all__ = ["LayerSweepResult", "layer_sweep", "layer_sweep_from_features"]
 

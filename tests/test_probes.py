@@ -206,7 +206,7 @@ def test_fit_folds_equals_one_fit_per_fold(params):
     """All folds in one model = a clone fitted on each fold's rows (unequal fold sizes)."""
     from sklearn.base import clone
 
-    from sklearn_endo.probes._linear import fit_folds
+    from sklearn_endo.probes import fit_folds
 
     feats, y = _layered_data(n=61)
     labels = np.array(["a", "b", "c"])[y]
@@ -229,7 +229,7 @@ def test_fit_folds_equals_one_fit_per_fold(params):
 
 def test_fit_folds_matches_a_plain_torch_loop_per_fold():
     """Independent reference: per fold, nn.Linear + autograd CE + torch Adam."""
-    from sklearn_endo.probes._linear import fit_folds
+    from sklearn_endo.probes import fit_folds
 
     rng = np.random.RandomState(0)
     X = rng.normal(size=(30, 4)).astype(np.float32)
@@ -262,7 +262,7 @@ def test_fit_folds_matches_a_plain_torch_loop_per_fold():
 
 
 def test_fit_folds_errors():
-    from sklearn_endo.probes._linear import fit_folds
+    from sklearn_endo.probes import fit_folds
 
     feats, y = _layered_data(n=20)
     probe = MultiLayerLinearProbe(max_epochs=1, random_state=0)
