@@ -85,14 +85,17 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--methods", default="barlowtwins,mocov3,mae,dino")
+    ap.add_argument("--methods", default="barlowtwins,mocov3,mae,dino",
+                    help="methods on the small ViT ('' for none)")
+    ap.add_argument("--no-resnet", action="store_true", help="skip resnet18 + barlowtwins")
     args = ap.parse_args()
     X, _ = make_lesions(args.n_images, n_classes=5, image_size=32, random_state=0)
     X = np.asarray(X)
     print(f"torch threads: {torch.get_num_threads()}")
-    for method in args.methods.split(","):
+    for method in filter(None, args.methods.split(",")):
         bench("small ViT (4x64, 32 px)", small_vit, method, X, args, args.device)
-    bench("resnet18 (32 px)", "resnet18", "barlowtwins", X, args, args.device)
+    if not args.no_resnet:
+        bench("resnet18 (32 px)", "resnet18", "barlowtwins", X, args, args.device)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ random init. With the ``lite0`` extra, the ImageNet-pretrained tf_efficientnet_l
 is compared before and after continued Barlow Twins pretraining (``--lite0``). Finally
 the per-layer k-NN curve of the best encoder is drawn.
 
-Runs offline on CPU: ``python examples/ssl_pretraining.py --out-dir ssl_out`` (about
-10 minutes on 2 busy cores with the defaults; ``--epochs 2 --n-unlabelled 256`` for a
-quick look). docs/ssl.md reports the figures of one run.
+Runs offline on CPU: ``python examples/ssl_pretraining.py --out-dir ssl_out [--lite0]``.
+With the defaults it took 24 minutes (40 with ``--lite0``) on 2 cores shared with other
+jobs (load about 9); ``--epochs 1 --n-unlabelled 128 --methods mae`` takes a minute or
+two. docs/ssl.md reports the figures of one run.
 """
 
 import argparse
