@@ -213,7 +213,8 @@ def _weights_signature(module):
         if flat.is_complex():
             flat = torch.view_as_real(flat).reshape(-1)
         bits = flat.view(_INT_OF_SIZE[flat.element_size()])
-        total = bits.sum(dtype=torch.int32 if flat.element_size() <= 4 else torch.int64)
+        # int64 accumulation is exact and several times faster than int32 on CPU
+        total = bits.sum(dtype=torch.int64)
         samples = bits[_sample_index(bits.numel(), bits.device)]
         parts.setdefault(str(t.device), []).append(
             torch.cat([total.to(torch.int64).view(1), samples.to(torch.int64)]))

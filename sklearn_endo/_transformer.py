@@ -287,6 +287,22 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return self._features(X, self.layers_, split=False)
 
+    def fit_transform(self, X, y=None, **fit_params):
+        """``fit`` then ``transform``, checking the encoder's weights once, not twice.
+
+        Parameters
+        ----------
+        X : array-like of images
+        y : ignored
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), float32
+        """
+        self.fit(X, y, **fit_params)
+        # fit has just resolved (and so refreshed) the encoder: nothing ran in between
+        return self._features(X, self.layers_, split=False, refresh=False)
+
     def layer_features(self, X, layers=None):
         """Features of several layers from one encoder pass (or store lookups).
 
@@ -347,7 +363,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                         num_workers=0, crop_pct=self.crop_pct, verbose=False)
         return _LAYOUTS.setdefault(self._namespace(handle), layout_of(feats))
 
-    def _features(self, X, layers, *, split):
+    def _features(self, X, layers, *, split, refresh=True):
         """Features of ``layers`` (non-negative) for X, streamed batch by batch.
 
         Only the requested columns are kept for all images: rows of every layer are
@@ -357,9 +373,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         """
         images = check_images(X)
         handle = self._get_handle()
-        refresh = getattr(handle, "refresh", None)
-        if refresh is not None:  # the namespace follows in-place weight edits
-            refresh()
+        if refresh:  # the namespace follows in-place weight edits
+            handle.refresh()
         out = _Columns(len(images), layers, self.pooling.split("+"), split, handle)
         if self.feature_store is None:
             for start, stop, feats in self._iter(handle, images, range(len(images)),
