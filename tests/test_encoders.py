@@ -114,12 +114,18 @@ def test_refresh_sees_one_changed_element_and_nothing_else():
     assert handle.refresh() is False
     old = handle.fingerprint
     assert old == weights_fingerprint(model)
-    with torch.no_grad():
-        w = model.blocks[1].mlp.fc1.weight.data
+    w = model.blocks[1].mlp.fc1.weight
+    with torch.no_grad():  # through the parameter: its version counter moves
         w.view(-1)[7] = torch.nextafter(w.view(-1)[7], torch.tensor(np.inf))  # one ulp
     assert handle.refresh() is True
     assert handle.fingerprint != old
     assert handle.fingerprint == weights_fingerprint(model)
+    assert handle.refresh() is False
+    # through .data no counter moves: the sampled elements (the first among them) see it
+    old = handle.fingerprint
+    w.data.view(-1)[0] = torch.nextafter(w.data.view(-1)[0], torch.tensor(np.inf))
+    assert handle.refresh() is True
+    assert handle.fingerprint != old
     assert handle.refresh() is False
 
 
