@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from sklearn_endo import LayerFeatureTransformer, WeightsUnavailableError  # noqa: E402
 from sklearn_endo.datasets import make_lesions  # noqa: E402
 from sklearn_endo.finetune import FineTuneClassifier  # noqa: E402
-from sklearn_endo.metrics import classification_summary, cka_matrix  # noqa: E402
+from sklearn_endo.metrics import cka_matrix, classification_summary  # noqa: E402
 from sklearn_endo.plotting import CKADisplay  # noqa: E402
 
 

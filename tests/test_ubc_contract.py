@@ -116,7 +116,7 @@ def test_methods_before_fit_raise_not_fitted(data):
         "dice_score": lambda: clf.dice_score(X, masks),
         "check_is_fitted": lambda: check_is_fitted(clf),
     }
-    for name, call in calls.items():
+    for _name, call in calls.items():
         with pytest.raises(NotFittedError, match="not fitted yet.*fit"):
             call()
     clf.fit(X, y, masks=masks)
