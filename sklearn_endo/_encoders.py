@@ -116,6 +116,16 @@ class EncoderHandle:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _signature: tuple = field(default=(), repr=False)
     _size: tuple | None = field(default=None, repr=False)
+    # False while no module of this handle was handed out: a named encoder's weights live
+    # in the registry only, so nothing outside the package can have edited them and the
+    # check before every pass is skipped (it costs ~5 ms, and a search makes two a fit).
+    # ``expose()`` (``encoder_`` of the estimators) turns the check on for good.
+    exposed: bool = field(default=True, repr=False)
+
+    def expose(self):
+        """The module is about to reach user code: check its weights from now on."""
+        self.exposed = True
+        return self.module
 
     @property
     def n_layers(self):
@@ -143,6 +153,8 @@ class EncoderHandle:
             Whether the weights or the modules changed (the fingerprint was then
             recomputed; it stays the same when a module was replaced by an equal one).
         """
+        if not self.exposed:
+            return False
         with self.lock:
             source = self.source if self.source is not None else self.module
             signature = _weights_signature(source)
@@ -336,6 +348,7 @@ def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=
             return hit[0]
         module = _create_named(encoder, pretrained, ckpt and ckpt[0], size)
         handle = _make_handle(module.to(device), encoder, size)
+        handle.exposed = False  # only the registry holds it until encoder_ hands it out
         _remember(_REGISTRY, _REGISTRY_SIZE, key, (handle, ()))
         return handle
     if callable(encoder):

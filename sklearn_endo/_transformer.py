@@ -235,7 +235,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
     def encoder_(self):
         """The frozen ``torch.nn.Module`` in use (loaded lazily after unpickling)."""
         check_is_fitted(self)
-        return self._get_handle().module
+        return self._get_handle().expose()
 
     # ------------------------------------------------------------ fit / transform
     def fit(self, X, y=None):

@@ -151,11 +151,29 @@ def test_replaced_block_is_found_again():
 def test_editing_a_named_encoder_does_not_change_what_the_name_means():
     h = resolve_encoder("vit_tiny_patch16_224", pretrained=False, img_size=32)
     pristine = h.fingerprint
-    with torch.no_grad():
-        h.module.blocks[0].norm1.weight.data.add_(1.0)
+    with torch.no_grad():  # users reach a named encoder's module through encoder_
+        h.expose().blocks[0].norm1.weight.data.add_(1.0)
     again = resolve_encoder("vit_tiny_patch16_224", pretrained=False, img_size=32)
     assert again is not h and again.fingerprint == pristine
     assert h.refresh() is False and h.fingerprint != pristine  # the edited one followed
+
+
+def test_named_encoder_edited_through_encoder_is_noticed(images):
+    X, _ = images
+    t = LayerFeatureTransformer("vit_tiny_patch16_224", layer=2, pretrained=False,
+                                img_size=32)
+    before = t.fit_transform(X[:4])
+    handle = t._get_handle()
+    assert not handle.exposed  # only the registry holds it: no check before each pass
+    with torch.no_grad():
+        t.encoder_.blocks[0].norm1.weight.data.mul_(3.0)
+    assert handle.exposed
+    after = t.transform(X[:4])  # not the stored rows of the old weights
+    assert not np.allclose(before, after)
+    fresh = copy.deepcopy(t.encoder_)
+    np.testing.assert_allclose(
+        after, LayerFeatureTransformer(fresh, layer=2, feature_store=None).fit_transform(X[:4]),
+        rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- block output layouts
