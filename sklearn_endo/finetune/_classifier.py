@@ -24,6 +24,7 @@ from skorch.utils import to_tensor
 
 from .._encoders import resolve_device, resolve_encoder
 from .._images import check_images, image_hashes, load_image, make_loader, resize_image
+from .._iterators import skorch_image_iterator
 from ._augment import AUGMENTS, make_augment
 from ._hyperrule import bit_hyperrule
 from ._network import HEADS, POOLINGS, FineTuneNet, LinearHead, TransformerHead, Trunk
@@ -82,10 +83,6 @@ def _resizable(module, img_size):
         module, "set_input_size")
 
 
-def _unwrap(dataset):
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    return dataset
 
 
 class FineTuneClassifier(ClassifierMixin, NeuralNet):
@@ -570,21 +567,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 for d, ps in sorted(groups.items())]
 
     def get_iterator(self, dataset, training=False):
-        prefix = "iterator_train" if training else "iterator_valid"
-        kwargs = self.get_params_for(prefix)
-        bs = kwargs.setdefault("batch_size", self.batch_size)
-        if bs == -1:
-            bs = kwargs["batch_size"] = len(dataset)
-        if training:
-            kwargs.setdefault("shuffle", True)
-            # BatchNorm cannot train on a last batch of one sample
-            if len(dataset) > 1 and len(dataset) % bs == 1:
-                kwargs.setdefault("drop_last", True)
-        images = getattr(_unwrap(dataset), "images", None)
-        if "num_workers" not in kwargs and images is not None and images.kind == "paths":
-            kwargs["num_workers"] = min(4, os.cpu_count() or 1)
-        iterator = self.iterator_train if training else self.iterator_valid
-        return iterator(dataset, **kwargs)
+        return skorch_image_iterator(self, dataset, training)
 
     def train_step_single(self, batch, **fit_params):
         alpha = getattr(self, "mixup_", 0.0)

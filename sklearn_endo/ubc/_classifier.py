@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
-import os
 import warnings
 
 import numpy as np
@@ -21,6 +20,7 @@ from skorch.utils import to_tensor
 
 from .._encoders import resolve_device
 from .._images import check_images, load_image, resize_image
+from .._iterators import skorch_image_iterator
 from ._loss import UNLABELED, UBCLoss
 from ._masks import check_masks
 from ._model import POOLINGS, UBCNet, pretrained_kwargs
@@ -68,35 +68,7 @@ class UBCDataset(torch.utils.data.Dataset):
         return x, target
 
 
-class _StopWorkersOnError:
-    """Iterates a DataLoader and stops its worker processes as soon as an error escapes.
 
-    A corrupt file raises in a worker; left to the garbage collector, the failed
-    iterator is finalised after its queues, and torch then waits out a 5 s join
-    timeout per worker, in the middle of whatever the session does next.
-    """
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        it = iter(self.loader)
-        try:
-            yield from it
-        except BaseException:  # an error in a worker, KeyboardInterrupt, close()
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            raise
-
-
-def _unwrap(dataset):
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    return dataset
 
 
 class UBCClassifier(ClassifierMixin, NeuralNet):
@@ -296,25 +268,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         return self
 
     def get_iterator(self, dataset, training=False):
-        prefix = "iterator_train" if training else "iterator_valid"
-        kwargs = self.get_params_for(prefix)
-        bs = kwargs.setdefault("batch_size", self.batch_size)
-        if bs == -1:
-            bs = kwargs["batch_size"] = len(dataset)
-        if training:
-            kwargs.setdefault("shuffle", True)
-            # BatchNorm cannot train on a last batch of one sample
-            if len(dataset) > 1 and len(dataset) % bs == 1:
-                kwargs.setdefault("drop_last", True)
-        images = getattr(_unwrap(dataset), "images", None)
-        if "num_workers" not in kwargs and images is not None and images.kind == "paths":
-            kwargs["num_workers"] = min(4, os.cpu_count() or 1)
-            kwargs.setdefault("persistent_workers", training)
-        iterator = self.iterator_train if training else self.iterator_valid
-        loader = iterator(dataset, **kwargs)
-        if getattr(loader, "num_workers", 0):
-            return _StopWorkersOnError(loader)
-        return loader
+        return skorch_image_iterator(self, dataset, training)
 
     def infer(self, x, **fit_params):
         x = to_tensor(x, device=self.device)

@@ -1,0 +1,67 @@
+"""DataLoaders of the skorch estimators (UBC, fine-tuning): one rule for both.
+
+Training shuffles and drops a last batch of one sample (BatchNorm cannot train on it);
+image paths are decoded by worker processes, which are stopped at once when an error
+(a corrupt file, Ctrl-C) escapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class StopWorkersOnError:
+    """Iterates a DataLoader and stops its worker processes as soon as an error escapes.
+
+    A corrupt file raises in a worker; left to the garbage collector, the failed
+    iterator is finalised after its queues, and torch then waits out a 5 s join
+    timeout per worker, in the middle of whatever the session does next.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        try:
+            yield from it
+        except BaseException:  # an error in a worker, KeyboardInterrupt, close()
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            raise
+
+
+def unwrap_dataset(dataset):
+    """The dataset under skorch's / sklearn's ``Subset`` wrappers."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def skorch_image_iterator(net, dataset, training):
+    """What ``NeuralNet.get_iterator`` returns for a dataset holding ``images``."""
+    prefix = "iterator_train" if training else "iterator_valid"
+    kwargs = net.get_params_for(prefix)
+    bs = kwargs.setdefault("batch_size", net.batch_size)
+    if bs == -1:
+        bs = kwargs["batch_size"] = len(dataset)
+    if training:
+        kwargs.setdefault("shuffle", True)
+        # BatchNorm cannot train on a last batch of one sample
+        if len(dataset) > 1 and len(dataset) % bs == 1:
+            kwargs.setdefault("drop_last", True)
+    images = getattr(unwrap_dataset(dataset), "images", None)
+    if "num_workers" not in kwargs and images is not None and images.kind == "paths":
+        kwargs["num_workers"] = min(4, os.cpu_count() or 1)
+        kwargs.setdefault("persistent_workers", training)
+    iterator = net.iterator_train if training else net.iterator_valid
+    loader = iterator(dataset, **kwargs)
+    if getattr(loader, "num_workers", 0):
+        return StopWorkersOnError(loader)
+    return loader
