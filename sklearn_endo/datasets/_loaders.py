@@ -28,6 +28,13 @@ def _check_dir(path, name="path"):
     return Path(path)
 
 
+def normalize_extensions(extensions):
+    """``".JPG"``, ``"png"`` or a tuple of them -> lower-case suffixes with the dot."""
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
 def _images_in(folder, extensions):
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in extensions
@@ -70,10 +77,7 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     (['dyed-lifted-polyps', 'dyed-resection-margins'], '.../dyed-lifted-polyps/0a...jpg')
     """
     root = _check_dir(path)
-    if isinstance(extensions, str):
-        extensions = (extensions,)
-    extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower()
-                       for e in extensions)
+    extensions = normalize_extensions(extensions)
     by_class = {}
     for folder, subdirs, _ in os.walk(root):
         # hidden folders (.ipynb_checkpoints, .cache) hold copies, not classes

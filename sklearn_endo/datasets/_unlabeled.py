@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._loaders import IMAGE_EXTENSIONS
+from ._loaders import IMAGE_EXTENSIONS, normalize_extensions
 
 __all__ = ["load_unlabeled_folder"]
 
@@ -43,10 +43,7 @@ def load_unlabeled_folder(path, *, extensions=IMAGE_EXTENSIONS):
     if not os.path.isdir(path):
         raise ValueError(f"path={os.fspath(path)!r} is not a directory; pass the root "
                          f"folder of the unlabelled images.")
-    if isinstance(extensions, str):
-        extensions = (extensions,)
-    extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower()
-                       for e in extensions)
+    extensions = normalize_extensions(extensions)
     found = []
     for folder, subdirs, files in os.walk(path):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
