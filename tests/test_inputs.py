@@ -124,12 +124,12 @@ def test_wrong_encoder_type(images):
 
 
 def test_offline_pretrained_fails_fast_with_ways_out(images, monkeypatch):
-    from sklearn_endo import _encoders
+    from sklearn_endo import _pretrained
 
     def unreachable(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(_encoders, "_local_pretrained_file", lambda name: None)
+    monkeypatch.setattr(_pretrained, "_local_pretrained_file", lambda name: None)
     monkeypatch.setattr(socket, "create_connection", unreachable)
     X, _ = images
     start = time.perf_counter()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sklearn_endo import __main__ as cli
-from sklearn_endo import _encoders
+from sklearn_endo import _encoders, _pretrained
 
 TINY = ["--n-samples", "40", "--image-size", "32", "--img-size", "32", "--cv", "2",
         "--encoder", "resnet18", "--random-weights", "--quiet"]
@@ -56,8 +56,8 @@ def offline(monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(_encoders, "_REGISTRY", OrderedDict())
-    monkeypatch.setattr(_encoders, "_local_pretrained_file", lambda name: None)
-    monkeypatch.setattr(_encoders, "_lite0_from_package", lambda arch: None)
+    monkeypatch.setattr(_pretrained, "_local_pretrained_file", lambda name: None)
+    monkeypatch.setattr(_pretrained, "_lite0_from_package", lambda arch: None)
     monkeypatch.setattr(socket, "create_connection", unreachable)
 
 

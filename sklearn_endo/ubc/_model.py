@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._encoders import WeightsUnavailableError, _check_reachable, _local_pretrained_file
+from .._pretrained import WeightsUnavailableError, _check_reachable, _local_pretrained_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
