@@ -33,8 +33,9 @@ Cases:
 ``before``
     The old default bound, ``SKLEARN_ENDO_STORE_BYTES=2147483648`` (scaled by
     ``n_images / 10662`` when ``--n-images`` differs, so the store overflows it in the
-    same proportion), over the first ``--before-layers`` layers only: every fit there
-    is close to a full pass, so all 25 layers would take hours on this CPU.
+    same proportion), over the first ``--before-layers`` layers (default 2: each fit
+    costs about half a pass there, so ``--before-layers 25``, the whole search, takes
+    about half an hour on a 2-core CPU).
 ``disk`` (only with ``--cases ...,disk``)
     ``feature_store=<a temporary directory>`` with the in-memory part bounded by the
     old 2 GiB: rows evicted from memory are read back from their files, not computed.
