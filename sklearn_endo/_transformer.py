@@ -80,9 +80,12 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         DataLoader workers that decode image files while the encoder runs; ``"auto"``
         uses up to 4 for file paths and 0 for in-memory images.
     feature_store : "memory", str path or None, default="memory"
-        ``"memory"``: a process-wide LRU store (``SKLEARN_ENDO_STORE_BYTES`` bounds it,
-        2 GiB by default). A directory path: the same, also written to files that other
-        processes (``n_jobs=2``) and later runs read. Entries are written as each batch
+        ``"memory"``: a process-wide LRU store of exact float32 rows, bounded by
+        ``SKLEARN_ENDO_STORE_BYTES`` if set (read at import), else by the larger of
+        2 GiB and 25% of physical memory. When it has to drop rows it warns once
+        (``FeatureStoreWarning``): a search then encodes some images again. A directory
+        path: the same, also written to files that other processes (``n_jobs=2``) and
+        later runs read; rows dropped from memory are read back from them. Entries are written as each batch
         completes, so an interrupted run keeps what it computed; damaged or stale files
         are detected (checksums) and recomputed. A directory that cannot be written
         raises a ``ValueError`` before the encoder runs (when something is missing).

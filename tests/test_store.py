@@ -90,8 +90,9 @@ def test_corrupt_entry_is_recomputed(images, tiny_vit, counter, tmp_path):
 
 def test_lru_is_bounded():
     store = FeatureStore(max_bytes=1000)
-    for i in range(10):
-        store.put("ns", [f"k{i}"], [np.zeros(100, np.float32)])
+    with pytest.warns(UserWarning, match="feature store is full"):
+        for i in range(10):
+            store.put("ns", [f"k{i}"], [np.zeros(100, np.float32)])
     assert store.nbytes <= 1000 and len(store) == 2
     assert store.get("ns", ["k0", "k9"], 100)[0] is None
     assert store.get("ns", ["k9"], 100)[0] is not None
@@ -167,3 +168,75 @@ def test_memory_kept_by_a_pass_is_the_output_and_the_store_rows(images, tiny_vit
     # every layer (5) x every pooling (3) x 32 dims, one row per unique image
     assert len(store) == 60 and store.nbytes == 60 * 5 * 3 * 32 * 4
     assert out.shape == (60, 32) and out.base is None
+
+
+def test_default_bound_is_env_else_a_quarter_of_physical_memory():
+    from sklearn_endo._store import DEFAULT_MAX_BYTES, default_max_bytes
+
+    phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    expected = max(2 * 1024**3, phys // 4)
+    assert default_max_bytes({}) == expected
+    assert default_max_bytes({"SKLEARN_ENDO_STORE_BYTES": "8e9"}) == 8_000_000_000
+    assert default_max_bytes({"SKLEARN_ENDO_STORE_BYTES": "12345"}) == 12345
+    env = os.environ.get("SKLEARN_ENDO_STORE_BYTES")
+    assert DEFAULT_MAX_BYTES == (expected if not env else default_max_bytes())
+    assert FeatureStore().max_bytes == DEFAULT_MAX_BYTES
+    for bad in ("lots", "-1", "1.5", "inf"):
+        with pytest.raises(ValueError, match="SKLEARN_ENDO_STORE_BYTES"):
+            default_max_bytes({"SKLEARN_ENDO_STORE_BYTES": bad})
+
+
+def test_memory_store_warns_once_when_it_starts_to_evict():
+    import warnings
+
+    from sklearn_endo._store import FeatureStoreWarning
+
+    store = FeatureStore(max_bytes=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.put("ns", ["k0", "k1"], np.zeros((2, 100), np.float32))  # 800 B: fits
+    with pytest.warns(FeatureStoreWarning, match="SKLEARN_ENDO_STORE_BYTES") as rec:
+        for i in range(2, 10):
+            store.put("ns", [f"k{i}"], [np.zeros(100, np.float32)])
+    assert len(rec) == 1  # once per store, not once per dropped row
+    msg = str(rec[0].message)
+    assert "1000 bytes" in msg and "rows of 400 bytes" in msg
+    assert "encode some images again" in msg
+    assert "feature_store=<directory>" in msg
+    # a row larger than the whole bound is never kept: that warns too
+    with pytest.warns(FeatureStoreWarning, match="encode some images again"):
+        FeatureStore(max_bytes=100).put("ns", ["big"], [np.zeros(100, np.float32)])
+
+
+def test_disk_store_evicts_without_warning_and_reads_rows_back(tmp_path):
+    import warnings
+
+    store = FeatureStore(max_bytes=1000, directory=str(tmp_path))
+    rows = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.put("ns", [f"k{i}" for i in range(10)], rows)
+        assert len(store) == 2
+        got = store.get("ns", [f"k{i}" for i in range(10)], 100)
+    np.testing.assert_array_equal(np.stack(got), rows)  # read back from the files
+
+
+def test_evicting_memory_store_warns_through_the_transformer(images, tiny_vit, counter):
+    from sklearn_endo._store import FeatureStoreWarning, get_store
+
+    X, _ = images
+    store = get_store("memory")
+    old = store.max_bytes
+    c = counter(tiny_vit)
+    try:
+        store.max_bytes = 5 * 5 * 3 * 32 * 4  # five rows of 5 layers x 3 poolings x 32
+        t = LayerFeatureTransformer(tiny_vit, layer=2)
+        with pytest.warns(FeatureStoreWarning, match="bound 0.00 GB"):
+            first = t.fit_transform(X)
+        t.transform(X)  # evicted rows are computed again: the cost the warning names
+        assert c.images > len(X)
+    finally:
+        store.max_bytes = old
+        store._evict_warned = False
+    clear_feature_store()
+    np.testing.assert_array_equal(first, t.transform(X))
