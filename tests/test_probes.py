@@ -358,3 +358,105 @@ def test_knn_bad_params(params, name):
     Xtr, ytr, _ = _knn_data()
     with pytest.raises(ValueError, match=name):
         KNNProbeClassifier(**params).fit(Xtr, ytr)
+
+
+# ---------------------------------------------------------------- solver="lbfgs"
+# Against scikit-learn's LogisticRegression solved to high precision (newton-cholesky,
+# tol=1e-10), ours at tol=1e-8 in float64: coefficients measured within 1e-5,
+# probabilities within 1e-7.
+LBFGS_COEF_ATOL = 1e-4
+LBFGS_PROBA_ATOL = 1e-6
+
+
+def _reference_logistic(X, y, C):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, solver="newton-cholesky", tol=1e-10,
+                              max_iter=1000).fit(X, y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("C", [0.05, 20.0])
+def test_lbfgs_probe_equals_sklearn_logistic_regression(n_classes, C):
+    feats, y = _layered_data(n=61, n_classes=n_classes)
+    X = feats[3].astype(np.float64)
+    ours = LinearProbeClassifier(solver="lbfgs", C=C, tol=1e-8, max_iter=1000).fit(X, y)
+    ref = _reference_logistic(X, y, C)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X),
+                               atol=LBFGS_PROBA_ATOL)
+    if n_classes == 2:  # scikit-learn's binary model: one row, class 0's logit is 0
+        np.testing.assert_array_equal(ours.coef_[0], 0.0)
+        np.testing.assert_allclose(ours.coef_[1], ref.coef_[0], atol=LBFGS_COEF_ATOL)
+        np.testing.assert_allclose(ours.intercept_[1], ref.intercept_[0], atol=LBFGS_COEF_ATOL)
+        np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X),
+                                   atol=10 * LBFGS_COEF_ATOL)
+    else:  # the intercepts are defined up to a constant: compare them centred
+        np.testing.assert_allclose(ours.coef_, ref.coef_, atol=LBFGS_COEF_ATOL)
+        np.testing.assert_allclose(ours.intercept_ - ours.intercept_.mean(),
+                                   ref.intercept_ - ref.intercept_.mean(),
+                                   atol=LBFGS_COEF_ATOL)
+    assert 1 <= ours.n_iter_ < 1000
+    assert ours.loss_curve_[-1] <= ours.loss_curve_[0]
+
+
+def test_lbfgs_fit_folds_equals_sklearn_per_layer_and_fold():
+    """One joint solve of 3 layers x 5 folds of unequal size: each head is its own fit."""
+    from sklearn_endo.probes import fit_folds
+
+    feats, y = _layered_data(n=61)
+    f64 = {k: v.astype(np.float64) for k, v in feats.items()}
+    folds = _fold_rows(61)
+    probe = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000)
+    fitted = fit_folds(probe, f64, y, folds)
+    for rows, fold_probe in zip(folds, fitted):
+        for X, est in zip(f64.values(), fold_probe.estimators_):
+            ref = _reference_logistic(X[rows], y[rows], 0.5)
+            np.testing.assert_allclose(est.coef_, ref.coef_, atol=LBFGS_COEF_ATOL)
+            np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(X),
+                                       atol=LBFGS_PROBA_ATOL)
+    # the same heads as MultiLayerLinearProbe.fit on one fold
+    alone = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000).fit(
+        {k: v[folds[0]] for k, v in f64.items()}, y[folds[0]])
+    for a, b, X in zip(alone.estimators_, fitted[0].estimators_, f64.values()):
+        np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X),
+                                   atol=2 * LBFGS_PROBA_ATOL)
+
+
+def test_lbfgs_float32_features_are_solved_in_float32():
+    """The store's float32 features: float32 solve, within 1e-3 of the float64 solution."""
+    feats, y = _layered_data()
+    f32 = MultiLayerLinearProbe(solver="lbfgs", C=0.5).fit(feats, y)
+    f64 = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000).fit(
+        {k: v.astype(np.float64) for k, v in feats.items()}, y)
+    for a, b, X in zip(f32.estimators_, f64.estimators_, feats.values()):
+        assert a.coef_.dtype == np.float32 and b.coef_.dtype == np.float64
+        np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=1e-3)
+
+
+def test_lbfgs_not_converged_warns():
+    from sklearn.exceptions import ConvergenceWarning
+
+    feats, y = _layered_data()
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        LinearProbeClassifier(solver="lbfgs", max_iter=2, C=100.0).fit(feats[3], y)
+    with pytest.warns(ConvergenceWarning, match="3 of 3 heads"):
+        MultiLayerLinearProbe(solver="lbfgs", max_iter=1, C=100.0).fit(feats, y)
+
+
+@pytest.mark.parametrize(
+    "params, name",
+    [({"solver": "sgd"}, "solver"), ({"solver": "lbfgs", "C": 0}, "C"),
+     ({"solver": "lbfgs", "max_iter": 0}, "max_iter"), ({"solver": "lbfgs", "tol": -1.0}, "tol"),
+     ({"solver": "lbfgs", "weight_decay": 1e-3}, "weight_decay"),
+     ({"solver": "adam", "C": 0.1}, "C=0.1")],
+)
+def test_lbfgs_bad_params(params, name):
+    X, y = np.random.RandomState(0).normal(size=(10, 3)), np.arange(10) % 2
+    for est in (LinearProbeClassifier(**params), MultiLayerLinearProbe(**params)):
+        with pytest.raises(ValueError, match=name):
+            est.fit(X if isinstance(est, LinearProbeClassifier) else [X], y)
+
+
+@parametrize_with_checks([LinearProbeClassifier(solver="lbfgs")])
+def test_lbfgs_sklearn_compatible(estimator, check):
+    check(estimator)

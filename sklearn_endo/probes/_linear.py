@@ -1,5 +1,8 @@
 """Linear probes trained in torch: one head, or the heads of many layers and folds at once.
 
+``solver="adam"`` (the study's recipe, the default) trains with the loop below;
+``solver="lbfgs"`` hands the same heads to :func:`._lbfgs.train_heads_lbfgs`.
+
 All estimators share one training loop (:func:`_train_heads`) over a padded batch of
 heads: weights ``(n_heads, n_classes, d_max + 1)`` (the bias is the last column, fed by
 a constant-1 feature), features zero-padded to ``d_max``. Padded inputs are zero, so
@@ -30,9 +33,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._encoders import resolve_device
+from ._lbfgs import train_heads_lbfgs
 
 __all__ = ["LinearProbeClassifier", "MultiLayerLinearProbe"]
 
+
+
+_SOLVERS = ("adam", "lbfgs")
 
 
 def _check_params(est):
@@ -42,12 +49,42 @@ def _check_params(est):
         ("max_epochs", est.max_epochs, numbers.Integral, lambda v: v >= 1, "an int >= 1"),
         ("batch_size", est.batch_size, numbers.Integral, lambda v: v >= 1, "an int >= 1"),
         ("weight_decay", est.weight_decay, numbers.Real, lambda v: v >= 0, "a float >= 0"),
+        ("C", est.C, numbers.Real, lambda v: 0 < v < np.inf, "a positive float such as 1.0"),
+        ("max_iter", est.max_iter, numbers.Integral, lambda v: v >= 1, "an int >= 1"),
+        ("tol", est.tol, numbers.Real, lambda v: 0 < v < np.inf, "a positive float such as 1e-4"),
     ]
     for name, value, kind, ok, fix in checks:
         if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
             raise ValueError(f"{name}={value!r} is invalid for {type(est).__name__}; use {fix}.")
     if not isinstance(est.standardize, (bool, np.bool_)):
         raise ValueError(f"standardize={est.standardize!r} must be True or False.")
+    if not isinstance(est.solver, str) or est.solver not in _SOLVERS:
+        raise ValueError(f"solver={est.solver!r} is invalid for {type(est).__name__}; use "
+                         "'adam' (the study's recipe) or 'lbfgs' (LogisticRegression's "
+                         "objective, full batch).")
+    # each solver has its own penalty: a penalty set for the other one would be ignored
+    if est.solver == "lbfgs" and est.weight_decay != 0:
+        raise ValueError(f"weight_decay={est.weight_decay!r} is Adam's penalty and has no "
+                         "effect with solver='lbfgs'; set the L2 penalty with C (as in "
+                         "LogisticRegression) and leave weight_decay=0.")
+    if est.solver == "adam" and est.C != 1.0:
+        raise ValueError(f"C={est.C!r} is the penalty of solver='lbfgs' and has no effect "
+                         "with solver='adam'; pass solver='lbfgs', or use weight_decay for "
+                         "Adam's L2 penalty.")
+
+
+def _fit_heads(est, Xs, y_enc, n_classes, *, init_seed, shuffle_seed, folds=None):
+    """Train the heads with ``est``'s solver; returns (heads, curves, n_iter)."""
+    device = resolve_device(est.device)
+    if est.solver == "lbfgs":
+        return train_heads_lbfgs(Xs, y_enc, n_classes, C=est.C, max_iter=est.max_iter,
+                                 tol=est.tol, device=device, folds=folds,
+                                 verbose=est.verbose)
+    heads, curves = _train_heads(
+        Xs, y_enc, n_classes, lr=est.lr, max_epochs=est.max_epochs,
+        batch_size=est.batch_size, weight_decay=est.weight_decay, init_seed=init_seed,
+        shuffle_seed=shuffle_seed, device=device, folds=folds, verbose=est.verbose)
+    return heads, curves, est.max_epochs
 
 
 def _check_two_classes(classes, name="MultiLayerLinearProbe"):
@@ -268,23 +305,29 @@ def _softmax(z):
 
 
 class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
-    """Softmax linear probe trained with Adam on frozen features.
+    """Softmax linear probe trained with Adam (or L-BFGS) on frozen features.
 
     The defaults are the recipe of the layer-wise probing study: Adam, learning rate
     1e-4, 30 epochs, minibatches of 8, cross-entropy loss, ``nn.Linear``'s default
-    initialisation. Prediction runs in numpy (float64) from ``coef_`` and
-    ``intercept_``, so it is deterministic and independent of the batch size.
+    initialisation. ``solver="lbfgs"`` instead minimises scikit-learn's
+    ``LogisticRegression`` objective (cross-entropy plus an L2 penalty set by ``C``)
+    with full-batch L-BFGS, for users who do not need the paper's recipe: a convex
+    problem with one solution, no learning rate, usually a few dozen iterations.
+    Prediction runs in numpy (float64) from ``coef_`` and ``intercept_``, so it is
+    deterministic and independent of the batch size.
 
     Parameters
     ----------
     lr : float, default=1e-4
-        Adam learning rate.
+        Adam learning rate (``solver="adam"`` only).
     max_epochs : int, default=30
-        Passes over the training data.
+        Passes over the training data (``solver="adam"`` only).
     batch_size : int, default=8
-        Minibatch size; the last minibatch of an epoch may be smaller.
+        Minibatch size; the last minibatch of an epoch may be smaller
+        (``solver="adam"`` only).
     weight_decay : float, default=0.0
-        Adam's L2 penalty.
+        Adam's L2 penalty (``solver="adam"`` only; a non-zero value with
+        ``solver="lbfgs"`` is an error).
     standardize : bool, default=False
         Scale each feature to zero mean and unit variance (statistics from the training
         data) before training. Off by default to follow the recipe; turn it on when the
@@ -295,8 +338,26 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the initial weights and the minibatch order through local torch
         generators; the global torch and numpy RNG states are not touched.
+        ``solver="lbfgs"`` starts from zero weights and draws nothing.
     verbose : bool, default=False
-        Print the training loss after every epoch.
+        Print the training loss after every epoch (L-BFGS: once, at the end).
+    solver : {"adam", "lbfgs"}, default="adam"
+        ``"adam"``: the recipe above. ``"lbfgs"``: ``torch.optim.LBFGS`` on the whole
+        training set, minimising, as ``LogisticRegression(C=C)`` does,
+        ``mean cross-entropy + ||coef_||^2 / (2 * C * n_samples)`` (the intercept is
+        not penalised; for two classes class 0's logit is fixed at 0, scikit-learn's
+        binary model). It computes in float64 for float64 input (always, here) and in
+        float32 for the float32 features ``MultiLayerLinearProbe`` receives.
+    C : float, default=1.0
+        Inverse L2 penalty strength of ``solver="lbfgs"``, as in
+        ``LogisticRegression``; smaller is stronger. Must stay 1.0 with
+        ``solver="adam"`` (use ``weight_decay``).
+    max_iter : int, default=100
+        L-BFGS iterations at most (``solver="lbfgs"`` only); when it is reached before
+        ``tol``, a ConvergenceWarning says so.
+    tol : float, default=1e-4
+        ``solver="lbfgs"`` stops once every entry of the objective's gradient is at
+        most ``tol`` in absolute value (scikit-learn's ``gtol``).
 
     Attributes
     ----------
@@ -309,7 +370,10 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     mean_, scale_ : ndarray of shape (n_features,) or None
         Standardization statistics when ``standardize=True``.
     loss_curve_ : list of float
-        Mean training cross-entropy per epoch.
+        Mean training cross-entropy per epoch; with ``solver="lbfgs"``, the penalised
+        objective at each function evaluation.
+    n_iter_ : int
+        Epochs (``"adam"``) or L-BFGS iterations (``"lbfgs"``) run.
     n_features_in_ : int
         Number of features seen during fit.
 
@@ -330,7 +394,8 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, lr=1e-4, max_epochs=30, batch_size=8, weight_decay=0.0,
-                 standardize=False, device="cpu", random_state=None, verbose=False):
+                 standardize=False, device="cpu", random_state=None, verbose=False,
+                 solver="adam", C=1.0, max_iter=100, tol=1e-4):
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -339,6 +404,10 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.solver = solver
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
 
     def fit(self, X, y):
         """Train the probe on features ``X`` of shape (n_samples, n_features) and labels ``y``."""
@@ -355,13 +424,9 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
         self.mean_, self.scale_ = _standardize_stats(X, self.standardize)
         Xs = X if self.mean_ is None else (X - self.mean_) / self.scale_
         init_seed, shuffle_seed = _draw_seeds(self.random_state)
-        heads, curves = _train_heads(
-            [Xs], encoder.transform(y), len(self.classes_), lr=self.lr,
-            max_epochs=self.max_epochs, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, init_seed=init_seed,
-            shuffle_seed=shuffle_seed, device=resolve_device(self.device),
-            verbose=self.verbose,
-        )
+        heads, curves, self.n_iter_ = _fit_heads(
+            self, [Xs], encoder.transform(y), len(self.classes_), init_seed=init_seed,
+            shuffle_seed=shuffle_seed)
         weight, bias = heads[0][0]
         self.loss_curve_ = curves[0]
         self.coef_ = weight
@@ -401,7 +466,7 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.random_state is None
+        tags.non_deterministic = self.random_state is None and self.solver == "adam"
         return tags
 
 
@@ -416,10 +481,18 @@ class MultiLayerLinearProbe(BaseEstimator):
     one: predicted probabilities agree to ~1e-6 (tested at ``atol=1e-5``); only the
     float32 rounding of the batched matmul differs.
 
+    With ``solver="lbfgs"``, one full-batch L-BFGS minimises the sum of the heads'
+    ``LogisticRegression`` objectives; the heads share no weights, so each ends at its
+    own solution, as if fitted alone (to ``tol``).
+
     Parameters
     ----------
     lr, max_epochs, batch_size, weight_decay, standardize, device, random_state, verbose
         As in :class:`LinearProbeClassifier`, shared by all heads.
+    solver, C, max_iter, tol
+        As in :class:`LinearProbeClassifier`, shared by all heads; ``max_iter`` and
+        ``tol`` apply to the joint solve, and a ConvergenceWarning counts the heads
+        left above ``tol``.
 
     Attributes
     ----------
@@ -429,7 +502,10 @@ class MultiLayerLinearProbe(BaseEstimator):
         The layer keys when ``fit`` got a dict, else ``range(n_heads)``.
     classes_ : ndarray of shape (n_classes,)
     loss_curve_ : list of float
-        Per epoch, the sum over heads of the mean training cross-entropy.
+        Per epoch, the sum over heads of the mean training cross-entropy; with
+        ``solver="lbfgs"``, the sum of their objectives at each function evaluation.
+    n_iter_ : int
+        Epochs (``"adam"``) or L-BFGS iterations (``"lbfgs"``) run.
 
     Examples
     --------
@@ -444,7 +520,8 @@ class MultiLayerLinearProbe(BaseEstimator):
     """
 
     def __init__(self, lr=1e-4, max_epochs=30, batch_size=8, weight_decay=0.0,
-                 standardize=False, device="cpu", random_state=None, verbose=False):
+                 standardize=False, device="cpu", random_state=None, verbose=False,
+                 solver="adam", C=1.0, max_iter=100, tol=1e-4):
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -453,6 +530,10 @@ class MultiLayerLinearProbe(BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.solver = solver
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
 
     def _split_inputs(self, Xs, reset):
         if isinstance(Xs, dict):
@@ -495,14 +576,11 @@ class MultiLayerLinearProbe(BaseEstimator):
         stats = [_standardize_stats(a, self.standardize) for a in arrays]
         inputs = [a if m is None else (a - m) / s for a, (m, s) in zip(arrays, stats)]
         init_seed, shuffle_seed = _draw_seeds(self.random_state)
-        heads, curves = _train_heads(
-            inputs, encoder.transform(y), len(classes), lr=self.lr,
-            max_epochs=self.max_epochs, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, init_seed=init_seed, shuffle_seed=shuffle_seed,
-            device=resolve_device(self.device), verbose=self.verbose,
-        )
+        heads, curves, n_iter = _fit_heads(
+            self, inputs, encoder.transform(y), len(classes), init_seed=init_seed,
+            shuffle_seed=shuffle_seed)
         return self._set_fitted(keys, classes, heads[0], curves[0], stats,
-                                [a.shape[1] for a in arrays])
+                                [a.shape[1] for a in arrays], n_iter)
 
     def _check_fit_inputs(self, Xs, y):
         _check_params(self)
@@ -516,8 +594,9 @@ class MultiLayerLinearProbe(BaseEstimator):
         check_classification_targets(y)
         return keys, arrays, y
 
-    def _set_fitted(self, keys, classes, heads, curve, stats, dims):
+    def _set_fitted(self, keys, classes, heads, curve, stats, dims, n_iter):
         self.loss_curve_ = curve
+        self.n_iter_ = n_iter
         params = self.get_params()
         self.estimators_ = []
         for (weight, bias), (mean, scale), dim in zip(heads, stats, dims):
@@ -528,6 +607,7 @@ class MultiLayerLinearProbe(BaseEstimator):
             est.mean_, est.scale_ = mean, scale
             est.n_features_in_ = dim
             est.loss_curve_ = None  # only the summed curve exists for batched training
+            est.n_iter_ = n_iter
             self.estimators_.append(est)
         self.keys_ = keys
         self.classes_ = classes
@@ -570,7 +650,7 @@ class MultiLayerLinearProbe(BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.input_tags.dict = True
         tags.target_tags.required = True
-        tags.non_deterministic = self.random_state is None
+        tags.non_deterministic = self.random_state is None and self.solver == "adam"
         return tags
 
 
@@ -584,8 +664,9 @@ def fit_folds(probe, Xs, y, train_folds):
     minibatch for all folds, and the features copied once instead of once per fold.
     Folds are batched together when they have the same number of training rows and
     the same classes (k-fold splits differ by at most one row, so usually one or two
-    groups). With ``standardize=True`` every fold has its own statistics, so each fold
-    is fitted on its own.
+    groups). With ``solver="lbfgs"`` (full batch) folds of any size share one solve
+    and only the classes group them. With ``standardize=True`` every fold has its own
+    statistics, so each fold is fitted on its own.
 
     Parameters
     ----------
@@ -618,21 +699,18 @@ def fit_folds(probe, Xs, y, train_folds):
             raise ValueError(f"train_folds[{f}] must be a non-empty 1-d array of row indices.")
         classes = np.unique(y[rows])
         _check_two_classes(classes)
-        groups.setdefault((len(rows), tuple(classes)), []).append(f)
+        size = len(rows) if probe.solver == "adam" else None
+        groups.setdefault((size, tuple(classes)), []).append(f)
     dims = [a.shape[1] for a in arrays]
     stats = [(None, None)] * len(arrays)
     for (_, classes), members in groups.items():
         classes = np.asarray(classes)
         # labels outside the group's classes are never in its training rows
         codes = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
-        heads, curves = _train_heads(
-            arrays, codes, len(classes), lr=probe.lr, max_epochs=probe.max_epochs,
-            batch_size=probe.batch_size, weight_decay=probe.weight_decay,
-            init_seed=[seeds[f][0] for f in members],
+        heads, curves, n_iter = _fit_heads(
+            probe, arrays, codes, len(classes), init_seed=[seeds[f][0] for f in members],
             shuffle_seed=[seeds[f][1] for f in members],
-            device=resolve_device(probe.device), folds=[train_folds[f] for f in members],
-            verbose=probe.verbose,
-        )
+            folds=[train_folds[f] for f in members])
         for f, fold_heads, curve in zip(members, heads, curves):
-            fitted[f]._set_fitted(keys, classes, fold_heads, curve, stats, dims)
+            fitted[f]._set_fitted(keys, classes, fold_heads, curve, stats, dims, n_iter)
     return fitted
