@@ -379,6 +379,9 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         classifier is cloned per layer and fold.
     probe_params : dict, optional
         Parameters of a string probe, e.g. ``{"lr": 1e-3, "standardize": True}``.
+        ``{"solver": "lbfgs", "C": 1.0}`` with the linear probes replaces the paper's
+        Adam recipe by ``LogisticRegression``'s L2 objective, solved by one full-batch
+        L-BFGS over all layers and folds (see ``LinearProbeClassifier``).
     cv : int, CV splitter or iterable, default=5
         As in ``cross_validate``; an int means ``StratifiedKFold(cv)``. Use a group
         splitter with ``groups`` to keep a patient's images in one fold.

@@ -86,6 +86,20 @@ def test_batched_sweep_equals_one_by_one_sweep():
     assert batched.best_layer_ == seq.best_layer_
 
 
+def test_lbfgs_sweep_equals_a_logistic_regression_sweep():
+    """probe_params={"solver": "lbfgs"}: every layer and fold is LogisticRegression's fit."""
+    feats, y = _features()
+    ours = layer_sweep_from_features(
+        feats, y, probe="batched-linear", cv=3, verbose=0,
+        probe_params={"solver": "lbfgs", "C": 0.3, "tol": 1e-7, "max_iter": 1000})
+    ref = layer_sweep_from_features(
+        feats, y, probe=LogisticRegression(C=0.3, solver="newton-cholesky", tol=1e-10),
+        cv=3, verbose=0)
+    for m in METRICS:  # probabilities agree within 1e-6 (test_probes), so do the scores
+        np.testing.assert_allclose(ours.scores[m], ref.scores[m], atol=1e-5)
+    assert ours.best_layer_ == ref.best_layer_
+
+
 def test_knn_sweep_evaluates_several_k():
     feats, y = _features()
     res = layer_sweep_from_features(feats, y, probe="knn", cv=3,
