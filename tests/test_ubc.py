@@ -2,6 +2,7 @@
 
 import io
 import multiprocessing
+import re
 import socket
 import time
 import warnings
@@ -332,3 +333,85 @@ def test_docs_snippets_run_offline(monkeypatch):
         assert 0 <= namespace["clf"].score(namespace["X_test"], namespace["y_test"]) <= 1
         ran += 1
     assert ran == 1 and len(blocks) == 2
+
+
+def _timm_state(name, seed, **kw):
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, **kw)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("encoder, timm_name", [("resnet18", "resnet18"),
+                                                ("tu-convnext_atto", "convnext_atto")])
+def test_checkpoint_path_sets_every_encoder_weight(tmp_path, encoder, timm_name):
+    from safetensors.torch import save_file
+
+    state = _timm_state(timm_name, seed=1, num_classes=0)
+    path = tmp_path / "enc.safetensors"
+    save_file(state, str(path))
+    # pretrained=True is overridden by the file (no download is tried)
+    kw = dict(TINY, encoder=encoder, pretrained=True, checkpoint_path=path, classes=[0, 1])
+    clf = UBCClassifier(**kw).initialize()
+    enc = clf.module_.seg.encoder
+    got = (enc.model if encoder.startswith("tu-") else enc).state_dict()
+    assert len(got) >= 40
+    for key, value in got.items():
+        # features_only names a top-level sequence's children stem_0, stages_1, ...
+        src = key if key in state else re.sub(r"^(stem|stages)_(\d)", r"\1.\2", key)
+        torch.testing.assert_close(value, state[src], rtol=0, atol=0, msg=key)
+    # and without the file the encoder has other (random) weights
+    plain = UBCClassifier(**dict(kw, pretrained=False, checkpoint_path=None)).initialize()
+    key = next(k for k in got if k.endswith("weight") and got[k].ndim == 4)
+    ref = plain.module_.seg.encoder
+    assert not torch.equal((ref.model if encoder.startswith("tu-") else ref)
+                           .state_dict()[key], got[key])
+
+
+def test_checkpoint_path_pt_with_head_grey_input_and_a_fit(data, tmp_path):
+    X, y, masks = data
+    state = _timm_state("resnet18", seed=2)  # with timm's 1000-class fc head
+    path = tmp_path / "enc.pt"
+    torch.save({"state_dict": state}, path)
+    clf = UBCClassifier(**TINY, checkpoint_path=str(path), in_chans=1,
+                        classes=[0, 1]).initialize()
+    enc = clf.module_.seg.encoder.state_dict()
+    torch.testing.assert_close(enc["conv1.weight"],
+                               state["conv1.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(enc["layer4.1.bn2.running_var"],
+                               state["layer4.1.bn2.running_var"])
+    # every fit starts from the file: two fits give the same network
+    a = UBCClassifier(**TINY, checkpoint_path=str(path)).fit(X, y, masks=masks)
+    b = UBCClassifier(**TINY, checkpoint_path=str(path)).fit(X, y, masks=masks)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_checkpoint_path_that_does_not_fit_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    kw = dict(TINY, classes=[0, 1])
+    other = tmp_path / "resnet34.safetensors"
+    save_file(_timm_state("resnet34", seed=0, num_classes=0), str(other))
+    # resnet34 has 8 more basic blocks, each with 2 convolutions and 2 batch norms (5
+    # tensors each): 96 keys resnet18 does not have
+    with pytest.raises(ValueError, match=r"is not a state dict of timm's 'resnet18' "
+                                         r"\(num_classes=0\): unexpected 96, e.g. "
+                                         r"\['layer1.2"):
+        UBCClassifier(**kw, checkpoint_path=other).initialize()
+    state = _timm_state("resnet18", seed=0, num_classes=0)
+    extra = tmp_path / "extra.safetensors"
+    save_file(dict(state, **{"proj.weight": torch.zeros(2, 2)}), str(extra))
+    with pytest.raises(ValueError, match=r"unexpected 1, e.g. \['proj.weight'\]"):
+        UBCClassifier(**kw, checkpoint_path=extra).initialize()
+    short = tmp_path / "short.safetensors"
+    save_file({k: v for k, v in state.items() if not k.startswith("layer2")}, str(short))
+    with pytest.raises(ValueError, match=r"missing 25, e.g. \['layer2"):
+        UBCClassifier(**kw, checkpoint_path=short).initialize()
+    with pytest.raises(ValueError, match="is not a file"):
+        UBCClassifier(**kw, checkpoint_path=tmp_path / "none.safetensors").initialize()
+    pickled = tmp_path / "obj.pt"
+    torch.save({"net": torch.nn.Linear(2, 2)}, pickled)
+    with pytest.raises(ValueError, match="could not be read as a state dict"):
+        UBCClassifier(**kw, checkpoint_path=pickled).initialize()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -23,7 +24,7 @@ from .._images import check_images, load_image, resize_image
 from .._iterators import skorch_image_iterator
 from ._loss import UNLABELED, UBCLoss
 from ._masks import check_masks
-from ._model import POOLINGS, UBCNet, pretrained_kwargs
+from ._model import POOLINGS, UBCNet, pretrained_kwargs, smp_encoder_name
 
 __all__ = ["UBCClassifier", "NoMasksWarning"]
 
@@ -111,7 +112,19 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     pretrained : bool, default=True
         Start from ImageNet encoder weights. Offline and without cached weights this
         raises :class:`~sklearn_endo._encoders.WeightsUnavailableError` at once; use
-        ``pretrained=False`` for random weights.
+        ``pretrained=False`` for random weights. Ignored with ``checkpoint_path``.
+    checkpoint_path : str, os.PathLike or None, default=None
+        Encoder weights to start from instead: a timm state dict of the encoder's timm
+        model, such as ``SelfSupervisedPretrainer.save_encoder`` writes
+        (``.safetensors``; other suffixes are read with
+        ``torch.load(weights_only=True)``). The file must hold exactly the timm
+        model's weights, names and shapes (its classifier head may be there or not);
+        every weight of the smp encoder is set from it (smp's ResNets share timm's
+        names; for ``"tu-"`` encoders timm's ``stages_1``-style names are mapped back)
+        at every ``initialize``, that is, at the start of every ``fit`` without
+        ``warm_start``. Anything else is a ``ValueError`` that names the keys. With
+        ``in_chans=1`` the first convolution's weights are summed over colour, as for
+        pretrained weights.
     freeze_encoder : bool, default=False
         Train the decoder and head only (encoder weights and BatchNorm statistics fixed).
     in_chans : {1, 3}, default=3
@@ -192,7 +205,8 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     """
 
     def __init__(self, encoder="resnet34", *, architecture="unet", alpha=0.5,
-                 pooling="auto", pretrained=True, freeze_encoder=False, in_chans=3,
+                 pooling="auto", pretrained=True, checkpoint_path=None,
+                 freeze_encoder=False, in_chans=3,
                  image_size=256, encoder_depth=5, n_mask_classes=1, dice_smooth=1.0,
                  dropout=0.0, unlabeled=-1, classes=None, random_state=None,
                  module=UBCNet, criterion=UBCLoss, optimizer=torch.optim.Adam, lr=1e-3,
@@ -203,6 +217,7 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         self.alpha = alpha
         self.pooling = pooling
         self.pretrained = pretrained
+        self.checkpoint_path = checkpoint_path
         self.freeze_encoder = freeze_encoder
         self.in_chans = in_chans
         self.image_size = image_size
@@ -246,7 +261,8 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         self.pooling_ = self.pooling
         if self.pooling == "auto":
             self.pooling_ = "avg" if self.alpha == 1 else "mask"
-        weights = pretrained_kwargs(self.encoder, self.pretrained)
+        weights = pretrained_kwargs(self.encoder,
+                                    self.pretrained and self.checkpoint_path is None)
         kwargs = dict(
             encoder=self.encoder, n_classes=len(self.classes_),
             architecture=self.architecture, encoder_depth=self.encoder_depth,
@@ -256,6 +272,9 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         )
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
+        if self.checkpoint_path is not None:
+            load_encoder_checkpoint(self.module_.seg.encoder, self.encoder,
+                                    self.checkpoint_path, in_chans=self.in_chans)
         if self.freeze_encoder:
             self.module_.seg.freeze_encoder()
         return self
@@ -607,6 +626,95 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
+
+
+def _read_state_dict(path):
+    """A checkpoint's tensors, without unpickling objects."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint_path={path!r} is not a file; pass the path that "
+                         f"SelfSupervisedPretrainer.save_encoder wrote.")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"checkpoint_path={path!r} could not be read as a state dict of plain tensors "
+            f"({type(exc).__name__}: {exc}). Save one with safetensors.torch.save_file or "
+            f"torch.save(model.state_dict(), path).") from None
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"checkpoint_path={path!r} does not hold a state dict (a dict of "
+                         f"tensors); got {type(state).__name__}.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _what_differs(n=3, **named):
+    """``"missing 2, e.g. ['a', 'b']; unexpected 1, e.g. ['c']"`` for the non-empty lists."""
+    return "; ".join(f"{name.replace('_', ' ')} {len(keys)}, e.g. {sorted(keys)[:n]}"
+                     for name, keys in named.items() if keys)
+
+
+def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3):
+    """Set every weight of smp ``encoder`` from the timm state dict at ``path``.
+
+    The file is first checked against the timm model of the same name (no classifier):
+    the same keys and shapes, bar the classifier's (present or not). Then every key of
+    the smp encoder must be found in it (smp's ResNets use timm's names; ``"tu-"``
+    encoders hold timm's ``features_only`` model, whose ``stages_1`` is timm's
+    ``stages.1``) and is loaded strictly. Raises ValueError naming what does not fit.
+    """
+    import re
+
+    import timm
+
+    path = os.fspath(path)
+    state = _read_state_dict(path)
+    smp_name, timm_name = smp_encoder_name(spec)
+    skip = "num_batches_tracked"
+    if timm_name is not None:
+        with torch.device("meta"):
+            ref = timm.create_model(timm_name, num_classes=0)
+        head = str(ref.pretrained_cfg.get("classifier") or "fc")
+        ref_sd = ref.state_dict()
+        missing = [k for k in ref_sd if k not in state and not k.endswith(skip)]
+        extra = [k for k in state if k not in ref_sd and not k.startswith(head + ".")]
+        if missing or extra:
+            raise ValueError(
+                f"checkpoint_path={path!r} is not a state dict of timm's {timm_name!r} "
+                f"(num_classes=0): {_what_differs(missing=missing, unexpected=extra)}. "
+                f"Save the encoder of the same model name, e.g. "
+                f"SelfSupervisedPretrainer({timm_name!r}, ...).save_encoder(path).")
+    target = encoder.model if smp_name.startswith("tu-") else encoder
+    load = {}
+    missing, bad = [], []
+    for key, value in target.state_dict().items():
+        src = key if key in state else re.sub(r"^([A-Za-z]+)_(\d+)\.", r"\1.\2.", key)
+        if src not in state:
+            if not key.endswith(skip):
+                missing.append(key)
+            continue
+        w = state[src]
+        if (in_chans == 1 and w.ndim == 4 and value.ndim == 4 and w.shape[1] == 3
+                and value.shape[1] == 1 and w.shape[0] == value.shape[0]):
+            w = w.sum(dim=1, keepdim=True)  # as smp and timm adapt pretrained weights
+        if tuple(w.shape) != tuple(value.shape):
+            bad.append(f"{key}: file {tuple(w.shape)}, encoder {tuple(value.shape)}")
+            continue
+        load[key] = w
+    if missing or bad:
+        raise ValueError(
+            f"checkpoint_path={path!r} does not fit UBCClassifier's encoder {spec!r}: "
+            f"{_what_differs(2, missing=missing, shape_mismatches=bad)}. Use a "
+            f"state dict of the timm model of the same name (and in_chans=3 or 1).")
+    target.load_state_dict(load, strict=True)
+    return encoder
 
 
 def _same_param(value, default):
