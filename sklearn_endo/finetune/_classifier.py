@@ -25,6 +25,7 @@ from skorch.utils import to_tensor
 from .._encoders import resolve_device, resolve_encoder
 from .._images import check_images, image_hashes, load_image, make_loader, resize_image
 from .._iterators import skorch_image_iterator
+from .._store import get_store
 from ._augment import AUGMENTS, make_augment
 from ._hyperrule import bit_hyperrule
 from ._network import HEADS, POOLINGS, FineTuneNet, LinearHead, TransformerHead, Trunk
@@ -307,7 +308,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_handle_", "_encoder_cache_", "_transformer_", "augment_"):
+        for key in ("_handle_", "_encoder_cache_", "augment_"):
             state.pop(key, None)
         return state
 
@@ -481,6 +482,10 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         trunk.freeze(None if self.freeze_ < 0 else self.freeze_, order)
         n_classes = len(self.classes_)
         npt = handle.num_prefix_tokens
+        from ._network import to_tokens
+
+        self._cut_shapes_ = {"raw": tuple(out.shape[1:]),
+                             "tokens": tuple(to_tokens(out, npt).shape[1:])}
         if self.head == "linear":
             from ._network import pool
 
@@ -619,8 +624,6 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 f"warm_start=True but y has classes {classes_.tolist()} and the net was "
                 f"fitted on {self.classes_.tolist()}; pass classes=[...] to fix them.")
         self.classes_ = classes_
-        if not (self.warm_start and self.initialized_):
-            self._transformer_ = None
         with self._resolved_device(), self._seeded():
             if not (self.warm_start and self.initialized_):
                 self._plan_ = self._make_plan(images)
@@ -629,13 +632,15 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 self._plan_ = self._make_plan(images)
             self.mixup_ = self._plan_["mixup"]
             self.augment_ = make_augment(self.augment, self.input_size_)
-            self.stored_features_ = self._stored_kind(len(images))
             t0 = time.perf_counter()
-            if self.stored_features_:
-                # a DataLoader draws from the global RNG: keep the training's draws as
-                # they are without stored features
-                with torch.random.fork_rng(devices=[]):
+            # a DataLoader draws from the global RNG: keep the training's draws as they
+            # are without stored features
+            with torch.random.fork_rng(devices=[]):
+                self.stored_features_ = self._stored_kind(images)
+                self.module_.stored_input = self._stored_input()
+                if self.stored_features_:
                     data = _StoredDataset(self._stored(images), y_enc)
+            if self.stored_features_:
                 self.feature_time_ = time.perf_counter() - t0
             else:
                 data = ImageDataset(images, self.input_size_, self._interp(), y_enc)
@@ -702,42 +707,169 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         item = load_image(images, 0)
         return tuple(item.shape[1:])
 
-    def _stored_kind(self, n_images):
-        """"pooled", "tokens" or False: what of the frozen trunk is computed once."""
-        if (self.freeze_ != self.layer_ or self.mixup_ or self.augment_ is not None
+    def _stored_kind(self, images):
+        """What of the frozen part is computed once: "pooled" rows or "tokens" at the cut
+        (``freeze="all"``), "boundary" maps at block ``freeze + 1`` (``freeze=k``), or
+        False (train through the encoder)."""
+        if (self.freeze_ < 0 or self.mixup_ or self.augment_ is not None
                 or self.feature_store is None):
             return False
-        if self.head == "linear":
-            return "pooled"
-        head = self.module_.head
-        need = n_images * (head.pos_embed.shape[1] - 1) * head.proj.in_features * 2
+        n_images = len(images)
+        if self.freeze_ == self.layer_:
+            if self.head == "linear":
+                return "pooled"
+            shape = self._cut_shapes_["tokens"]
+            what = "token maps at the frozen cut"
+        else:
+            shape = self._boundary_shape()
+            if shape is None:
+                return False
+            what = f"maps at the frozen boundary (the input of block {self.freeze_ + 1})"
+        need = n_images * int(np.prod(shape)) * 2
         if need > TOKENS.max_bytes:
             warnings.warn(
-                f"The token maps of {n_images} images at the frozen cut need "
-                f"{need / 2**20:.0f} MiB, more than the token store holds "
-                f"({TOKENS.max_bytes / 2**20:.0f} MiB, SKLEARN_ENDO_TOKEN_BYTES): training "
-                f"through the encoder instead, one encoder pass per image and epoch. "
-                f"Raise SKLEARN_ENDO_TOKEN_BYTES to store them.", UserWarning, stacklevel=3)
+                f"The {what} of {n_images} images need {need / 2**20:.0f} MiB as float16, "
+                f"more than the token store holds ({TOKENS.max_bytes / 2**20:.0f} MiB, "
+                f"SKLEARN_ENDO_TOKEN_BYTES): training through the encoder instead, one "
+                f"pass of the frozen part per image and epoch. Raise "
+                f"SKLEARN_ENDO_TOKEN_BYTES to store them.", UserWarning, stacklevel=3)
             return False
-        return "tokens"
+        return "tokens" if self.freeze_ == self.layer_ else "boundary"
+
+    def _stored_input(self):
+        """What ``module_`` is given (see ``FineTuneNet.stored_input``)."""
+        if self.stored_features_ == "boundary":
+            return int(self.freeze_)
+        return "features" if self.stored_features_ else None
+
+    def _boundary_shape(self):
+        """Shape of one image's boundary map for ``freeze_``, or None (with a warning)
+        when blocks ``freeze_+1..layer_`` cannot run on it alone: the stored path must
+        give the trunk's own output on a probe image, else it is not used."""
+        k, net = self.freeze_, self.module_
+        gen = torch.Generator().manual_seed(0)  # the global RNG is left as it is
+        probe = torch.rand(1, 3, *self.input_size_, generator=gen).to(self.device)
+        was = net.training
+        net.eval()
+        reason = None
+        try:
+            with torch.no_grad():
+                direct = net.cut(probe)
+                edge = net.boundary(probe, k)
+                resumed = net.trunk.resume(edge, k)
+            if not isinstance(edge, torch.Tensor):
+                reason = f"block {k + 1} takes a {type(edge).__name__}, not a tensor"
+            elif resumed.shape != direct.shape or not torch.allclose(
+                    resumed, direct, rtol=1e-4, atol=1e-5):
+                reason = (f"running blocks {k + 1}..{self.layer_} one after the other "
+                          f"does not give the encoder's own output at layer {self.layer_}")
+        except Exception as exc:  # a block that needs more than the previous output
+            reason = (f"running blocks {k + 1}..{self.layer_} one after the other on the "
+                      f"stored input of block {k + 1} failed ({exc})")
+        finally:
+            net.train(was)
+        if reason is not None:
+            warnings.warn(
+                f"freeze={self.freeze_!r}: the frozen part cannot be computed once for "
+                f"this encoder: {reason}. Training through the encoder instead (one pass "
+                f"of the frozen part per image and epoch).", UserWarning, stacklevel=4)
+            return None
+        return tuple(edge.shape[1:])
 
     def _stored(self, images):
-        if self.stored_features_ == "pooled":
-            return self._rows(images)
-        return self._token_maps(images)
+        if self.stored_features_ == "boundary":
+            return self._boundary_maps(images)
+        return self._cut_features(images, self.stored_features_)
 
-    def _token_maps(self, images):
-        """Float16 token maps (N, T, C) of the frozen trunk, from the store or computed."""
+    def _namespace(self, *kind):
         handle = self._get_handle()
-        spec = (handle.fingerprint, self.input_size_, self.layer_, self._interp(),
-                self.module_.num_prefix_tokens, "v1")
-        namespace = hashlib.blake2b(repr(spec).encode(), digest_size=16).hexdigest()
+        spec = (handle.fingerprint, self.input_size_, self._interp(),
+                self.module_.num_prefix_tokens) + kind
+        return hashlib.blake2b(repr(spec).encode(), digest_size=16).hexdigest()
+
+    def _pooled_layout(self):
+        """[(layer, pooling, dim)] of a stored row: every pooling of the cut's output."""
+        shape, npt = self._cut_shapes_["raw"], self.module_.num_prefix_tokens
+        names = ["mean", "max"] + (["cls"] if len(shape) == 2 and npt > 0 else [])
+        dim = shape[-1] if len(shape) == 2 else shape[0]
+        return [(self.layer_, name, int(dim)) for name in names]
+
+    def _cut_features(self, images, want):
+        """Pooled rows (float32) or token maps (float16) of the frozen trunk at the cut.
+
+        One pass serves both heads: images missing what ``want`` names are encoded
+        once and leave both their pooled row (all poolings, in the feature store) and,
+        when the training set's maps fit the token store, their token map; a later
+        candidate with the other head reads them.
+        """
+        from ._network import pool, to_tokens
+
+        layout = self._pooled_layout()
+        expected = [tuple(item) for item in layout]
+        size = sum(d for _, _, d in layout)
+        ns_rows = self._namespace("pooled", self.layer_, "v2")
+        ns_maps = self._namespace("tokens", self.layer_, "v2")
+        store = get_store(self.feature_store)
+        store.get_layout(ns_rows, check=lambda got: None if [
+            tuple(i) for i in got] == expected else f"it holds {got}, not {expected}")
+        keys = image_hashes(images)
+        rows = store.get(ns_rows, keys, size)
+        maps = TOKENS.get(ns_maps, keys)
+        need = len(set(keys)) * int(np.prod(self._cut_shapes_["tokens"])) * 2
+        keep_maps = need <= TOKENS.max_bytes
+        have = rows if want == "pooled" else maps
+        todo = {}
+        for i, (key, value) in enumerate(zip(keys, have)):
+            if value is None:
+                todo.setdefault(key, i)  # duplicates of one image are computed once
+        if todo:
+            store.check_writable()
+            loader = make_loader(images, list(todo.values()), self.input_size_,
+                                 batch_size=self.batch_size, interpolation=self._interp())
+            net, npt = self.module_, self.module_.num_prefix_tokens
+            parts = "+".join(name for _, name, _ in layout)
+            new_rows, new_maps = [], []
+            was = net.training
+            net.eval()
+            try:
+                with torch.inference_mode():
+                    for xb in loader:
+                        out = net.cut(xb.to(self.device))
+                        new_rows.append(pool(out, parts, npt).float().cpu().numpy())
+                        if keep_maps:
+                            new_maps.append(to_tokens(out, npt).to(
+                                "cpu", torch.float16).numpy())
+            finally:
+                net.train(was)
+            fresh = list(todo)
+            new_rows = np.concatenate(new_rows)
+            store.put_layout(ns_rows, layout)
+            store.put(ns_rows, fresh, new_rows)
+            rows_of = dict(zip(fresh, new_rows))
+            rows = [rows_of[k] if v is None and k in rows_of else v
+                    for k, v in zip(keys, rows)]
+            if keep_maps:
+                new_maps = np.concatenate(new_maps)
+                TOKENS.put(ns_maps, fresh, new_maps)
+                maps_of = dict(zip(fresh, new_maps))
+                maps = [maps_of.get(k, v) if v is None else v for k, v in zip(keys, maps)]
+        if want == "tokens":
+            return np.stack(maps)
+        rows = np.stack(rows)
+        dim, offsets = layout[0][2], {name: j for j, (_, name, _) in enumerate(layout)}
+        return np.concatenate([rows[:, offsets[p] * dim:(offsets[p] + 1) * dim]
+                               for p in self.pooling.split("+")], axis=1)
+
+    def _boundary_maps(self, images):
+        """Float16 input maps of block ``freeze_ + 1``, from the token store or computed."""
+        k = self.freeze_
+        namespace = self._namespace("boundary", k, "v1")
         keys = image_hashes(images)
         maps = TOKENS.get(namespace, keys)
         todo = {}
         for i, (key, value) in enumerate(zip(keys, maps)):
             if value is None:
-                todo.setdefault(key, i)  # duplicates of one image are computed once
+                todo.setdefault(key, i)
         if todo:
             loader = make_loader(images, list(todo.values()), self.input_size_,
                                  batch_size=self.batch_size, interpolation=self._interp())
@@ -748,37 +880,17 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             try:
                 with torch.inference_mode():
                     for xb in loader:
-                        tokens = net.features(xb.to(self.device))
-                        out.append(tokens.to("cpu", torch.float16).numpy())
+                        edge = net.boundary(xb.to(self.device), k)
+                        out.append(edge.to("cpu", torch.float16).numpy())
             finally:
                 net.train(was)
             fresh = dict(zip(todo, np.concatenate(out)))
             TOKENS.put(namespace, list(fresh), list(fresh.values()))
-            maps = [fresh[k] if v is None else v for k, v in zip(keys, maps)]
+            maps = [fresh[key] if v is None else v for key, v in zip(keys, maps)]
         return np.stack(maps)
 
     def _interp(self):
         return self._get_handle().data_config["interpolation"]
-
-    def _lft(self):
-        from .._transformer import LayerFeatureTransformer
-
-        t = getattr(self, "_transformer_", None)
-        if t is None:
-            handle = self._get_handle()
-            t = LayerFeatureTransformer(
-                self._source(handle), layer=self.layer_, pooling=self.pooling,
-                img_size=self.input_size_, batch_size=self.batch_size,
-                device=str(torch.device(self.device)), amp=False,
-                feature_store=self.feature_store, verbose=bool(self.verbose))
-            self._transformer_ = t
-        return t
-
-    def _rows(self, images):
-        t = self._lft()
-        if not hasattr(t, "layers_"):
-            t.fit(images)
-        return t.transform(images)
 
     def _encode_labels(self, y, n):
         if y is None:
@@ -813,13 +925,13 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         with self._resolved_device(), torch.inference_mode():
             self._set_training(False)
             if getattr(self, "stored_features_", False):
-                data = torch.utils.data.TensorDataset(torch.from_numpy(self._stored(images)))
-                head = self.module_.head
-                batches = ((b,) for (b,) in torch.utils.data.DataLoader(
-                    data, batch_size=max(self.batch_size, 256)))
-                for (xb,) in batches:
-                    out.append(head(xb.to(self.device).float()).softmax(1).cpu().numpy())
+                self.module_.stored_input = self._stored_input()
+                data = torch.from_numpy(self._stored(images))
+                for xb in torch.split(data, max(self.batch_size, 256)):
+                    out.append(self.module_(xb.to(self.device)).float().softmax(1)
+                               .cpu().numpy())
             else:
+                self.module_.stored_input = None
                 dataset = ImageDataset(images, self.input_size_, self._interp())
                 for xb, _ in self.get_iterator(dataset, training=False):
                     xb = to_tensor(xb, device=self.device)

@@ -87,11 +87,38 @@ class Trunk(nn.Module):
             out = stop.value
         else:
             raise RuntimeError(f"The encoder's forward pass did not reach layer {self.layer}.")
+        return self._finish(out)
+
+    def _finish(self, out):
         if isinstance(out, (tuple, list)):
             out = out[0]
         if out.ndim == 4 and self.output_fmt == "NHWC":
             out = out.permute(0, 3, 1, 2)
         return out
+
+    def boundary(self, x, k):
+        """The input of block ``k + 1`` (0 <= k < layer): the frozen boundary of
+        ``freeze=k``. Blocks after ``k`` do not run."""
+        handle = self.block(k + 1).register_forward_pre_hook(_StopBefore())
+        try:
+            self.encoder(x)
+        except _Stop as stop:
+            return stop.value
+        finally:
+            handle.remove()
+        raise RuntimeError(f"The encoder's forward pass did not reach block {k + 1}.")
+
+    def resume(self, x, k):
+        """The trunk's output computed from ``boundary(., k)``: blocks ``k+1..layer`` run
+        one after the other. Valid only for encoders whose blocks form a chain (nothing
+        but the blocks runs between them); ``FineTuneClassifier`` checks that on a probe
+        before it trains this way."""
+        try:
+            for i in range(k + 1, self.layer + 1):
+                x = self.block(i)(x)
+        except _Stop as stop:  # the hook of the cut block
+            x = stop.value
+        return self._finish(x)
 
     def block(self, i):
         """Block ``i`` (1-based) of the trunk's encoder."""
@@ -305,8 +332,10 @@ class LinearHead(nn.Module):
 class FineTuneNet(nn.Module):
     """Normalise, trunk, pool (linear head) or tokens (transformer head), head.
 
-    A 2-D input (pooled rows) or 3-D input (token maps) is taken as the stored output of
-    a frozen trunk and goes to the head directly.
+    ``stored_input`` says what ``forward`` is given: ``None`` images; ``"features"`` the
+    stored head input of a frozen trunk (pooled rows or token maps); an int ``k`` the
+    stored input of block ``k + 1`` (the frozen boundary of ``freeze=k``), from which
+    blocks ``k+1..layer`` and the head run.
     """
 
     def __init__(self, trunk, head, *, head_kind, pooling, num_prefix_tokens, mean, std):
@@ -318,14 +347,28 @@ class FineTuneNet(nn.Module):
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.stored_input = None
 
-    def features(self, x):
-        out = self.trunk((x - self.mean) / self.std)
+    def cut(self, x):
+        """The trunk's raw output at the cut for images ``x`` in [0, 1]."""
+        return self.trunk((x - self.mean) / self.std)
+
+    def boundary(self, x, k):
+        """The input of block ``k + 1`` for images ``x`` in [0, 1]."""
+        return self.trunk.boundary((x - self.mean) / self.std, k)
+
+    def head_input(self, out):
         if self.head_kind == "linear":
             return pool(out, self.pooling, self.num_prefix_tokens)
         return to_tokens(out, self.num_prefix_tokens)
 
+    def features(self, x):
+        return self.head_input(self.cut(x))
+
     def forward(self, x):
-        if x.ndim in (2, 3):  # stored pooled rows or token maps of the frozen trunk
+        mode = getattr(self, "stored_input", None)
+        if mode is None:
+            return self.head(self.features(x))
+        if mode == "features":
             return self.head(x.float())
-        return self.head(self.features(x))
+        return self.head(self.head_input(self.trunk.resume(x.float(), mode)))
