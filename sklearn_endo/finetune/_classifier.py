@@ -179,8 +179,9 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         MixUp alpha (0: off). ``None``: the BiT rule's alpha with ``schedule="bit"``,
         otherwise off.
     feature_store : "memory", str path or None, default="memory"
-        Where the pooled features of a frozen trunk are kept (see below); ``None``
-        always trains through the encoder.
+        Where the pooled rows of a frozen trunk are kept (a directory is shared by
+        ``n_jobs`` workers and later runs; see Notes); ``None`` always trains through
+        the encoder.
     classes : array-like or None, default=None
         All class labels, when ``y`` may not show all of them.
     random_state : int, RandomState or None, default=None
@@ -216,9 +217,10 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
     param_depths_ : dict
         Depth (0 embedding, ``i`` block ``i``) of each trunk parameter, used by
         ``layer_decay``.
-    stored_features_ : {"pooled", "tokens"} or False
-        What of the frozen trunk the head was trained on (and ``predict`` reads):
-        pooled rows from the feature store, float16 token maps, or neither.
+    stored_features_ : {"pooled", "tokens", "boundary"} or False
+        What of the frozen part the network was trained on (and ``predict`` reads):
+        pooled rows from the feature store, float16 token maps at the cut, float16
+        maps at the input of block ``freeze + 1`` (partial freezing), or neither.
     train_time_per_epoch_ : float
         Mean seconds per training epoch (without the one-off feature pass).
     feature_time_ : float
@@ -229,23 +231,30 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
 
     Notes
     -----
-    **Frozen parts are computed once.** With ``freeze="all"`` (or ``freeze=layer``), no
-    augmentation, no MixUp and ``feature_store`` set, the frozen trunk gives the same
-    output every epoch and every candidate, so it is computed once per image:
+    **Frozen parts are computed once.** With no augmentation, no MixUp and
+    ``feature_store`` set, the frozen part gives the same output every epoch and every
+    candidate, so it is computed once per image:
 
-    - a linear head trains on pooled rows from ``LayerFeatureTransformer`` (same
-      encoder, ``layer``, ``pooling`` and input size) and its feature store; on CPU
-      the result equals training through the encoder to float32 round-off (tested
-      to 1e-5);
-    - a transformer head trains on the token maps at the cut, kept as float16 in a
-      process-wide store bounded by ``SKLEARN_ENDO_TOKEN_BYTES`` (1 GiB by default;
-      a larger training set trains through the encoder, with a warning); the result
-      equals training through the encoder to float16 rounding of the tokens (tested
-      to 5e-3 in probability).
+    - ``freeze="all"`` (or ``freeze=layer``): one pass of the frozen trunk leaves both
+      the pooled rows of the cut (every pooling, float32, in the feature store) and its
+      token maps (float16, in a process-wide store bounded by
+      ``SKLEARN_ENDO_TOKEN_BYTES``, 1 GiB by default; kept when the training set's maps
+      fit). A linear head trains on the rows, a transformer head on the maps, so a
+      search over heads and lrs encodes each image once whichever head comes first.
+      Linear head: equal to training through the encoder to float32 round-off
+      (tested to 1e-5); transformer head: to the float16 rounding of the tokens (tested
+      to 5e-3 in probability). A transformer head whose maps do not fit trains through
+      the encoder, with a warning.
+    - ``freeze=k`` below the cut: the input of block ``k + 1`` is stored as float16 in
+      the same bounded store and blocks ``k+1..layer`` and the head train on it. This
+      needs the blocks to form a chain (nothing else runs between them), which ``fit``
+      checks on a probe image; where it does not hold (e.g. a ConvNeXt downsampler
+      between the stored block and the cut), or the maps do not fit, it trains through
+      the encoder, with a warning. Equal to training through the encoder to the
+      float16 rounding of the maps (tested: parameters within 1% of their scale,
+      probabilities to 1e-4, after 6 epochs of SGD).
 
-    30 epochs, or a search over heads and learning rates, then cost one encoder pass
-    per image. ``predict`` reads the same stores. Partial freezing (``freeze=k`` below
-    the cut) trains through the encoder.
+    ``predict`` reads the same stores.
 
     Examples
     --------

@@ -1,11 +1,12 @@
-"""Token maps of a frozen trunk, computed once and kept compactly (float16, bounded).
+"""Maps of a frozen part, computed once and kept compactly (float16, bounded).
 
 A transformer head on a frozen trunk sees the same token map of an image in every epoch
-and every candidate of a search. They are kept here, in memory, keyed by the trunk
-(weights fingerprint, input size, cut, preprocessing) and the image's content, as float16:
-a ViT-B token map at 224 px is 196 x 768 x 2 bytes = 0.3 MB. The store is an LRU bounded
-in bytes (``SKLEARN_ENDO_TOKEN_BYTES``, 1 GiB by default); a training set whose maps do
-not fit trains through the encoder instead, with a warning.
+and every candidate of a search; with ``freeze=k`` the trainable blocks see the same
+input of block ``k + 1``. Both are kept here, in memory, keyed by the frozen part
+(weights fingerprint, input size, cut or boundary, preprocessing) and the image's
+content, as float16: a ViT-B token map at 224 px is 196 x 768 x 2 bytes = 0.3 MB. The
+store is an LRU bounded in bytes (``SKLEARN_ENDO_TOKEN_BYTES``, 1 GiB by default); a
+training set whose maps do not fit trains through the encoder instead, with a warning.
 """
 
 from __future__ import annotations
