@@ -1,0 +1,86 @@
+"""``--device`` for the benchmarks: parse, check, describe, and time with CUDA syncs.
+
+Imported by the benchmark scripts, which run as ``python benchmarks/bench_*.py`` (so
+this folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+
+def add_device_argument(parser):
+    parser.add_argument(
+        "--device", default="cpu",
+        help="torch device to benchmark on: 'cpu' (default), 'cuda' or 'cuda:N'; "
+             "CUDA timings synchronise the device around every timed region")
+
+
+def check_device(parser, spec):
+    """The ``torch.device`` for ``--device``, or exit with the reason and the fix."""
+    from sklearn_endo._encoders import resolve_device
+
+    if spec == "auto":
+        parser.error("--device auto would make the figures depend on the machine; "
+                     "name the device: --device cpu or --device cuda.")
+    if str(spec).startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {spec}: CUDA is not available on this machine "
+                     "(torch.cuda.is_available() is False: no GPU, or a CPU-only torch "
+                     "build); run with --device cpu, or on a machine with a GPU.")
+    try:
+        device = resolve_device(spec)
+    except ValueError as exc:
+        parser.error(f"--device {spec}: {exc}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {spec}: the benchmarks support 'cpu' and 'cuda' only.")
+    return device
+
+
+def sync(device):
+    """Wait for the device's queued kernels (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device, fn):
+    """(seconds, result) of ``fn()``, the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+@contextlib.contextmanager
+def peak_cuda_memory(device, record):
+    """Put ``torch.cuda.max_memory_allocated`` of the block in ``record['cuda_peak_mb']``."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    try:
+        yield
+    finally:
+        sync(device)
+        record["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        record["cuda_peak_above_start_mb"] = (
+            torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def describe(device, extraction=True):
+    """One line naming the device (and, for extraction, what AMP / channels-last do)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = f"device {device} ({torch.cuda.get_device_name(device)})"
+        amp = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return (f"{name}; extraction with AMP ({amp} autocast) and channels-last where "
+                "stated" if extraction else name)
+    name = f"device cpu, {torch.get_num_threads()} torch threads"
+    return (f"{name}; AMP and channels-last are off on the CPU (the package's autocast "
+            "is CUDA-only), so the 'AMP + channels-last' rows are not run"
+            if extraction else name)
