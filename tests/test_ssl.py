@@ -276,3 +276,66 @@ def test_missing_lightly_names_the_extra(monkeypatch, unlabelled):
     monkeypatch.setitem(sys.modules, "lightly.loss", None)  # import fails
     with pytest.raises(ImportError, match=r"sklearn-endo\[ssl\]"):
         pretrainer(max_epochs=1).fit(unlabelled)
+
+
+def test_dino_multi_crop_student_sees_local_crops_teacher_only_global(unlabelled):
+    def dynamic_vit():  # a ViT that takes the 16 x 16 local crops
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return make_tiny_vit(dynamic_img_size=True)
+
+    pre = pretrainer("dino", encoder=dynamic_vit, max_epochs=3, n_local_crops=4,
+                     local_crop_size=16, momentum=0.99)
+    pre.fit(unlabelled)
+    assert pre.local_crop_size_ == (16, 16)
+    loss = pre.history_[:, "train_loss"]
+    assert np.mean(loss[-2:]) < loss[0], loss
+    # the views the loss receives: 2 teacher views, 2 + 4 student views of 5 images
+    dino = pre.module_
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, criterion):
+            super().__init__()
+            self.criterion = criterion
+
+        def forward(self, teacher, student):
+            seen["teacher"] = [tuple(t.shape) for t in teacher]
+            seen["student"] = [tuple(s.shape) for s in student]
+            return self.criterion(teacher, student)
+
+    dino.criterion = Spy(dino.criterion)
+    g = torch.randn(5, 2, 3, 32, 32)
+    local = torch.randn(5, 4, 3, 16, 16)
+    dino.eval()
+    out = dino.head.last_layer.out_features
+    with torch.no_grad():
+        only_global = dino(g, 0.5)
+        assert seen["teacher"] == [(5, out)] * 2 and seen["student"] == [(5, out)] * 2
+        with_local = dino((g, local), 0.5)
+        assert seen["teacher"] == [(5, out)] * 2 and seen["student"] == [(5, out)] * 6
+        assert not torch.isclose(with_local, only_global)
+        # the crops go through the student in one batch: each gives its own output
+        batched = dino.head(dino.encoder(local.flatten(0, 1))).view(5, 4, -1)[:, 3]
+        alone = dino.head(dino.encoder(local[:, 3]))
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_multi_crop_views_and_errors(unlabelled):
+    from sklearn_endo.ssl._augment import LOCAL_SCALE, make_local_views
+
+    views = make_local_views(None, (16, 16), 3)(torch.rand(3, 32, 32))
+    assert views.shape == (3, 3, 16, 16) and LOCAL_SCALE == (0.05, 0.4)
+    seen = []
+    views = make_local_views(lambda x: seen.append(x.shape) or x, (8, 8), 2)(
+        torch.rand(3, 32, 32))
+    assert views.shape == (2, 3, 8, 8) and seen == [(3, 8, 8)] * 2  # crop, then augment
+    with pytest.raises(ValueError, match="n_local_crops=2 is DINO's multi-crop; with "
+                                         "method='mocov3'"):
+        pretrainer("mocov3", n_local_crops=2).fit(unlabelled)
+    with pytest.raises(ValueError, match="local_crop_size=4 must be"):
+        pretrainer("dino", n_local_crops=2, local_crop_size=4).fit(unlabelled)
+    # a timm ViT built for 32 x 32 cannot take 16 x 16 local crops
+    with pytest.raises(ValueError, match=r"cannot take the local crops' size \(16, 16\).*"
+                                         r"dynamic_img_size=True"):
+        pretrainer("dino", n_local_crops=2).fit(unlabelled)

@@ -16,10 +16,15 @@ class RandomRot90:
         return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
 
-def endoscopy_views(size, *, colour=True):
+GLOBAL_SCALE = (0.2, 1.0)
+LOCAL_SCALE = (0.05, 0.4)  # DINO's local crops (lightly's DINOTransform default)
+
+
+def endoscopy_views(size, *, colour=True, scale=GLOBAL_SCALE):
     """The view transform of the ``"endoscopy"`` preset for (3, H, W) floats in [0, 1].
 
-    A random resized crop (scale 0.2 to 1, aspect 3/4 to 4/3) back to ``size``,
+    A random resized crop (``scale``, by default 0.2 to 1, of the image's area; aspect
+    3/4 to 4/3) to ``size``,
     horizontal and vertical flips, a rotation by 0/90/180/270 degrees and, with
     ``colour``, colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.05;
     80 % of the time) and a Gaussian blur (sigma 0.1 to 2, half of the time). Endoscopy
@@ -28,7 +33,7 @@ def endoscopy_views(size, *, colour=True):
     """
     from torchvision.transforms import v2
 
-    steps = [v2.RandomResizedCrop(tuple(size), scale=(0.2, 1.0), antialias=True),
+    steps = [v2.RandomResizedCrop(tuple(size), scale=tuple(scale), antialias=True),
              v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
     if colour:
         steps.append(v2.RandomApply(
@@ -79,3 +84,32 @@ def make_views(augment, size, n_views, *, mae=False):
         f"augment={augment!r} is not supported; use None (the method's preset), "
         f"'endoscopy', 'mae' (crops, flips and rotations only) or a callable that maps a "
         f"(3, H, W) float tensor in [0, 1] to another of the same shape.")
+
+
+def make_local_views(augment, local_size, n_views):
+    """DINO's local crops: ``n_views`` crops of 5 to 40 % of the image, at ``local_size``.
+
+    With the preset, the ``"endoscopy"`` transform with that crop scale; with a callable,
+    the crop (resized to ``local_size``) followed by the callable.
+    """
+    from torchvision.transforms import v2
+
+    local_size = tuple(local_size)
+    if augment is None or augment == "endoscopy":
+        return Views(endoscopy_views(local_size, scale=LOCAL_SCALE), n_views, local_size)
+    if augment == "mae":
+        return Views(endoscopy_views(local_size, colour=False, scale=LOCAL_SCALE), n_views,
+                     local_size)
+    crop = v2.RandomResizedCrop(local_size, scale=LOCAL_SCALE, antialias=True)
+    return Views(v2.Compose([crop, augment]), n_views, local_size)
+
+
+class MultiCrop:
+    """``(global views, local views)`` of one image: two stacks of different sizes."""
+
+    def __init__(self, global_views, local_views):
+        self.global_views = global_views
+        self.local_views = local_views
+
+    def __call__(self, x):
+        return self.global_views(x), self.local_views(x)

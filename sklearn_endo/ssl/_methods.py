@@ -106,9 +106,12 @@ class MoCoV3(SSLMethod):
 class DINO(SSLMethod):
     """DINO: a student matches a momentum teacher's centred, sharpened outputs.
 
-    Two global views (no multi-crop); lightly's DINOProjectionHead and DINOLoss
-    (teacher temperature 0.04, student 0.1, centre momentum 0.9); the teacher's
-    momentum rises from ``momentum`` (0.996) to 1 along a half cosine.
+    Two global views and, with multi-crop, ``(global, local)`` view stacks: the
+    teacher sees the global views only, the student every view, and lightly's DINOLoss
+    sums the cross-entropy of every (teacher view, other student view) pair (teacher
+    temperature 0.04, student 0.1, centre momentum 0.9). lightly's
+    DINOProjectionHead; the teacher's momentum rises from ``momentum`` (0.996) to 1
+    along a half cosine.
     """
 
     def __init__(self, encoder, dim, *, hidden, bottleneck, out, momentum):
@@ -132,10 +135,18 @@ class DINO(SSLMethod):
         return [self.teacher_encoder, self.teacher_head]
 
     def forward(self, views, progress):
+        local = None
+        if isinstance(views, (tuple, list)):
+            views, local = views
         with torch.no_grad():
             teacher = [self.teacher_head(self.teacher_encoder(views[:, i]))
                        for i in range(views.shape[1])]
         student = [self.head(self.encoder(views[:, i])) for i in range(views.shape[1])]
+        if local is not None:
+            # all local crops in one pass: (B, L, 3, h, w) -> B * L images -> L views
+            b, n_local = local.shape[:2]
+            out = self.head(self.encoder(local.flatten(0, 1)))
+            student += list(out.view(b, n_local, -1).unbind(1))
         return self.criterion(teacher, student)
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._encoders import resolve_device, resolve_encoder
 from .._images import check_images, load_image, make_loader, resize_image
-from ._augment import make_views
+from ._augment import MultiCrop, make_local_views, make_views
 from ._methods import DINO, MAE, BarlowTwins, MoCoV3, is_timm_vit
 
 __all__ = ["METHODS", "SelfSupervisedPretrainer"]
@@ -73,9 +73,10 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         ``momentum``, default 0.99), InfoNCE at ``temperature``. ``"mae"``: timm ViTs
         only; ``mask_ratio`` of the patches masked, a light decoder
         (``decoder_depth`` blocks of width ``decoder_dim``). ``"dino"``: a student and a
-        momentum teacher (default momentum 0.996) on two global views, with lightly's
-        centred, sharpened DINO loss; ``projection_dim`` prototypes (default
-        ``min(65536, 16 * dim)``). Multi-crop is not implemented.
+        momentum teacher (default momentum 0.996) on two global views (and
+        ``n_local_crops`` local ones for the student), with lightly's centred,
+        sharpened DINO loss; ``projection_dim`` prototypes (default
+        ``min(65536, 16 * dim)``).
     pretrained : bool, default=False
         Start from the pretrained weights of a named encoder (continued pretraining);
         offline with nothing cached this raises ``WeightsUnavailableError``, never
@@ -93,6 +94,16 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         (50 %). ``"mae"``: the crops, flips and rotations only. A callable maps one
         (3, H, W) float tensor in [0, 1] (already resized to the input size) to another
         of the same shape; it is drawn independently for each view.
+    n_local_crops : int, default=0
+        DINO's multi-crop: this many extra small views per image, each a random crop of
+        5 to 40 % of its area resized to ``local_crop_size``, then augmented as the
+        global views are (the preset, or the ``augment`` callable). Only the student
+        sees them; the loss pairs each with both teacher (global) views. ``method="dino"``
+        only. The encoder must accept that input size: CNNs do; a timm ViT must be
+        created with ``dynamic_img_size=True``.
+    local_crop_size : int, (int, int) or None, default=None
+        Size of the local crops; default 3/7 of the input size (96 for 224, as in DINO)
+        rounded to a multiple of 8.
     projection_dim : int or None, default=None
         Output width of the projector (see ``method``).
     lambda_param : float, default=0.0051
@@ -154,6 +165,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         Width of ``transform``'s output.
     input_size_ : tuple of int
         (h, w) the images are resized to.
+    local_crop_size_ : tuple of int or None
+        (h, w) of DINO's local crops; None without them.
     data_config_ : dict
         The preprocessing (mean, std, interpolation) also used by ``transform``.
     n_epochs_ : int
@@ -188,7 +201,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, encoder, *, method="barlowtwins", pretrained=False,
-                 checkpoint_path=None, img_size=None, augment=None, projection_dim=None,
+                 checkpoint_path=None, img_size=None, augment=None, n_local_crops=0,
+                 local_crop_size=None, projection_dim=None,
                  lambda_param=0.0051, temperature=0.2, momentum=None, mask_ratio=0.75,
                  decoder_dim=128, decoder_depth=2, lr=1e-3, weight_decay=0.05,
                  warmup_epochs=1, max_epochs=10, batch_size=32, accumulate=1, amp=True,
@@ -200,6 +214,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         self.checkpoint_path = checkpoint_path
         self.img_size = img_size
         self.augment = augment
+        self.n_local_crops = n_local_crops
+        self.local_crop_size = local_crop_size
         self.projection_dim = projection_dim
         self.lambda_param = lambda_param
         self.temperature = temperature
@@ -244,6 +260,20 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer.")
+        nl = self.n_local_crops
+        if isinstance(nl, bool) or not isinstance(nl, numbers.Integral) or nl < 0:
+            raise ValueError(f"n_local_crops={nl!r} must be an int >= 0.")
+        if nl and self.method != "dino":
+            raise ValueError(f"n_local_crops={nl!r} is DINO's multi-crop; with "
+                             f"method={self.method!r} use n_local_crops=0.")
+        lcs = self.local_crop_size
+        sizes = lcs if isinstance(lcs, (tuple, list)) else [lcs]
+        if lcs is not None and not (
+                len(sizes) in (1, 2) and all(isinstance(v, numbers.Integral)
+                                             and not isinstance(v, bool) and v >= 8
+                                             for v in sizes)):
+            raise ValueError(f"local_crop_size={lcs!r} must be None, an int >= 8 or a "
+                             f"(height, width) pair of them.")
         if self.batch_size < 2:
             raise ValueError(f"batch_size={self.batch_size!r}: self-supervised losses "
                              f"compare images within a batch; use batch_size >= 2.")
@@ -299,6 +329,17 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         encoder.eval()
         with torch.no_grad():
             out = encoder(torch.zeros(2, 3, *size))
+            local = self._local_size(size)
+            if local is not None:
+                try:
+                    encoder(torch.zeros(2, 3, *local))
+                except Exception as exc:
+                    raise ValueError(
+                        f"n_local_crops={self.n_local_crops}: encoder {handle.name!r} "
+                        f"cannot take the local crops' size {local} "
+                        f"({type(exc).__name__}: {str(exc)[:200]}). For a timm ViT pass a "
+                        f"factory that creates it with dynamic_img_size=True, or set "
+                        f"local_crop_size to a size it takes.") from None
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
@@ -306,6 +347,16 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                 f"(N, D) features; create the timm model with num_classes=0 (pooled "
                 f"features), or pass a module whose forward returns (N, D).")
         return encoder.train(), handle, size, int(out.shape[1])
+
+    def _local_size(self, size):
+        """(h, w) of DINO's local crops, or None without multi-crop."""
+        if not self.n_local_crops:
+            return None
+        lcs = self.local_crop_size
+        if lcs is None:
+            return tuple(max(8, int(round(s * 3 / 7 / 8)) * 8) for s in size)
+        return (int(lcs), int(lcs)) if isinstance(lcs, numbers.Integral) else tuple(
+            int(v) for v in lcs)
 
     def _build(self, encoder, dim, name):
         m = self.method
@@ -349,7 +400,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         """What a checkpoint must share with this fit to be resumed."""
         enc = self.encoder
         enc = enc if isinstance(enc, str) else f"<{type(enc).__name__}>"
-        keys = ("method", "pretrained", "checkpoint_path", "img_size", "projection_dim",
+        keys = ("method", "pretrained", "checkpoint_path", "img_size", "n_local_crops",
+                "local_crop_size", "projection_dim",
                 "lambda_param", "temperature", "momentum", "mask_ratio", "decoder_dim",
                 "decoder_depth", "lr", "weight_decay", "warmup_epochs", "max_epochs",
                 "batch_size", "accumulate")
@@ -411,6 +463,11 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         self.module_ = module
         self.history_ = history
         views = make_views(self.augment, size, module.n_views, mae=self.method == "mae")
+        local = self._local_size(size)
+        if local is not None:
+            views = MultiCrop(views, make_local_views(self.augment, local,
+                                                      self.n_local_crops))
+        self.local_crop_size_ = local
         data = _ViewDataset(images, size, handle.data_config["interpolation"], views)
         mean = torch.tensor(handle.data_config["mean"], device=device).view(1, 1, 3, 1, 1)
         std = torch.tensor(handle.data_config["std"], device=device).view(1, 1, 3, 1, 1)
@@ -472,8 +529,12 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                    disable=not self.verbose, leave=True)
         optimizer.zero_grad(set_to_none=True)
         for i, views in enumerate(loader):
-            views = views.to(device, non_blocking=True)
-            views = (views - state["mean"]) / state["std"]
+            if isinstance(views, (tuple, list)):  # DINO's (global, local) crops
+                views = tuple((v.to(device, non_blocking=True) - state["mean"])
+                              / state["std"] for v in views)
+            else:
+                views = views.to(device, non_blocking=True)
+                views = (views - state["mean"]) / state["std"]
             progress = step / max(1, state["total"])
             with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                   else contextlib.nullcontext()):
