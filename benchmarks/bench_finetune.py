@@ -1,4 +1,4 @@
-"""FineTuneClassifier: training-step overhead, encoder passes, clone cost.
+"""FineTuneClassifier: training-step overhead, encoder passes, clone cost, memory.
 
 Prints, measured side by side in one run:
 
@@ -10,13 +10,19 @@ Prints, measured side by side in one run:
    with the feature store (target <= 1.05) and without it (30).
 3. Encoder passes per image for a 5-fold GridSearchCV over 3 lrs x 2 heads (linear,
    transformer) on a frozen encoder (target <= 1.05).
+   Both orders of the grid (linear head first, transformer head first).
 4. ``clone()`` of an estimator holding a ViT-B module (target < 50 ms).
+5. Peak RSS of training on N image paths (PNG files written to a temp dir) at two
+   sizes (default 200 and 1600), each in a fresh process: bounded by the batch, not the
+   dataset. Once training through the encoder every epoch (``freeze="none"``), once
+   with a frozen trunk (one pass; the pooled rows, N x 256 floats, are what grows).
 
 Run: ``python benchmarks/bench_finetune.py`` (CPU is fine; ``--device cuda``).
 """
 
 import argparse
 import copy
+import os
 import time
 
 import numpy as np
@@ -26,34 +32,28 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
 from sklearn_endo.finetune import FineTuneClassifier
-from sklearn_endo.finetune._network import Trunk
 from sklearn_endo.finetune._tokens import clear_token_store
 
 
 class Passes:
-    """Images through a module's forward and through every FineTuneClassifier trunk
-    (the 1-image shape probe of each fit is not counted)."""
+    """Images run through the first block of a module and of every copy of it (the
+    trunks of FineTuneClassifier are deep copies; a plain function hook is shared by the
+    copies). Single-image calls, the shape probes of each fit, are not counted."""
 
-    def __init__(self, module):
-        self.module = module
+    def __init__(self, module, first_block="blocks.0"):
+        self.block = module.get_submodule(first_block)
         self.images = 0
 
     def __enter__(self):
-        # deepcopy shares this function with the copies of the module that fits make:
-        # count the module itself only (its copies are counted by Trunk.forward)
-        self._hook = self.module.register_forward_pre_hook(
-            lambda m, args: self._add(args[0]) if m is self.module else None)
-        self._forward = forward = Trunk.forward
-        Trunk.forward = lambda trunk, x: self._add(x) or forward(trunk, x)
-        return self
+        def hook(module, args, output):
+            if args[0].shape[0] > 1:
+                self.images += int(args[0].shape[0])
 
-    def _add(self, x):
-        if x.shape[0] > 1:
-            self.images += int(x.shape[0])
+        self._hook = self.block.register_forward_hook(hook)
+        return self
 
     def __exit__(self, *exc):
         self._hook.remove()
-        Trunk.forward = self._forward
 
 
 def plain_loop(net, loader, epochs, lr, device):
@@ -75,7 +75,7 @@ def plain_loop(net, loader, epochs, lr, device):
     return times
 
 
-def bench_step(X, y, device, epochs):
+def bench_step(X, y, device, epochs, repeats=6):
     kw = dict(layer=6, freeze="none", lr=1e-4, batch_size=16, device=device.type,
               random_state=0, img_size=64, pretrained=False, max_epochs=epochs)
     clf = FineTuneClassifier("resnet18", **kw)
@@ -89,7 +89,7 @@ def bench_step(X, y, device, epochs):
     ds = ImageDataset(check_images(X), (64, 64), "bicubic", np.searchsorted(clf.classes_, y))
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
     ratios = []
-    for rep in range(4):  # interleaved, alternating which runs first
+    for rep in range(repeats):  # interleaved, alternating which runs first
         order = ("plain", "skorch") if rep % 2 == 0 else ("skorch", "plain")
         for which in order:
             if which == "plain":
@@ -117,18 +117,18 @@ def bench_passes(X, y, device):
                                random_state=0).fit(X, y)
         print(f"2. freeze='all', linear head, 30 epochs, feature_store={store!r}: "
               f"{count.images / len(X):.2f} encoder passes per image")
-    clear_feature_store()
-    clear_token_store()
-    start = time.perf_counter()
-    with Passes(vit) as count:
-        GridSearchCV(FineTuneClassifier(vit, freeze="all", layer=8, max_epochs=5,
-                                        batch_size=16, head_width=64, head_heads=2,
-                                        device=device.type, random_state=0),
-                     {"lr": [1e-4, 1e-3, 1e-2], "head": ["linear", "transformer"]},
-                     cv=5).fit(X, y)
-    print(f"3. GridSearchCV 5 folds x 3 lrs x 2 heads (31 fits) on a frozen ViT-S: "
-          f"{count.images / len(X):.2f} encoder passes per image "
-          f"({time.perf_counter() - start:.1f} s)")
+    for heads in (["linear", "transformer"], ["transformer", "linear"]):
+        clear_feature_store()
+        clear_token_store()
+        start = time.perf_counter()
+        with Passes(vit) as count:
+            GridSearchCV(FineTuneClassifier(vit, freeze="all", layer=8, max_epochs=5,
+                                            batch_size=16, head_width=64, head_heads=2,
+                                            device=device.type, random_state=0),
+                         {"head": heads, "lr": [1e-4, 1e-3, 1e-2]}, cv=5).fit(X, y)
+        print(f"3. GridSearchCV 5 folds x 3 lrs x 2 heads (31 fits, {heads[0]} first) on "
+              f"a frozen ViT-S: {count.images / len(X):.2f} encoder passes per image "
+              f"({time.perf_counter() - start:.1f} s)")
 
 
 def bench_clone():
@@ -144,24 +144,91 @@ def bench_clone():
           f"(target < 50 ms)")
 
 
+def _rss_child(n, size, mode):
+    """One training run on ``n`` image paths, in this (child) process; prints peak RSS."""
+    import resource
+    import tempfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(n):
+            img = rng.integers(0, 160, (size, size, 3), dtype=np.uint8) + 60 * y[i]
+            paths.append(os.path.join(tmp, f"{i:05d}.png"))
+            Image.fromarray(img.astype(np.uint8)).save(paths[-1], compress_level=1)
+        del img
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kw = dict(freeze="none", layer=4) if mode == "train" else dict(freeze="all", layer=4)
+        start = time.perf_counter()
+        clf = FineTuneClassifier("resnet18", pretrained=False, img_size=size, max_epochs=1,
+                                 batch_size=32, random_state=0, device="cpu", **kw)
+        clf.fit(paths, y)
+        took = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(f"RSS {n} {base / 1024:.1f} {peak / 1024:.1f} {workers / 1024:.1f} {took:.1f} "
+          f"{clf.stored_features_}")
+
+
+def bench_memory(sizes, size=128):
+    """Peak RSS of training on image paths, in a fresh process per dataset size."""
+    import subprocess
+    import sys
+
+    for mode, what in (("train", "freeze='none' (decoded batch by batch each epoch)"),
+                       ("stored", "freeze='all' (one pass, pooled rows stored)")):
+        rows = {}
+        for n in sizes:
+            out = subprocess.run(
+                [sys.executable, __file__, "--rss-child", str(n), "--rss-size", str(size),
+                 "--rss-mode", mode], capture_output=True, text=True, check=True).stdout
+            line = [ln for ln in out.splitlines() if ln.startswith("RSS ")][-1].split()
+            rows[n] = [float(v) for v in line[2:6]]
+        dataset = {n: n * size * size * 3 * 4 / 2**20 for n in sizes}
+        print(f"5. training 1 epoch on image paths ({size} px PNG, batch 32, resnet18 cut "
+              f"at block 4), {what}:")
+        for n in sizes:
+            before, peak, workers, took = rows[n]
+            print(f"   {n:5d} images: peak RSS {peak:.0f} MiB (after the encoder and data "
+                  f"setup {before:.0f} MiB; largest DataLoader worker {workers:.0f} MiB); "
+                  f"the images as float32 would be {dataset[n]:.0f} MiB; {took:.1f} s")
+        a, b = sizes[0], sizes[-1]
+        print(f"   peak growth {a} -> {b} images: {rows[b][1] - rows[a][1]:+.0f} MiB "
+              f"(the dataset as float32 grows by {dataset[b] - dataset[a]:.0f} MiB)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--parts", default="1234", help="which measurements, e.g. 14")
+    parser.add_argument("--repeats", type=int, default=6, help="pairs of part 1")
+    parser.add_argument("--parts", default="12345", help="which measurements, e.g. 14")
+    parser.add_argument("--rss-sizes", default="200,1600",
+                        help="dataset sizes of part 5 (image paths)")
+    parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-size", type=int, default=128, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-mode", default="train", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        _rss_child(args.rss_child, args.rss_size, args.rss_mode)
+        return
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     y = np.arange(args.n) % 2
     X = rng.integers(0, 160, (args.n, 64, 64, 3)).astype(np.uint8)
     X[y == 1] += 60
     if "1" in args.parts:
-        bench_step(X, y, device, args.epochs)
+        bench_step(X, y, device, args.epochs, args.repeats)
     if "2" in args.parts or "3" in args.parts:
         bench_passes(X, y, device)
     if "4" in args.parts:
         bench_clone()
+    if "5" in args.parts:
+        bench_memory([int(v) for v in args.rss_sizes.split(",")])
 
 
 if __name__ == "__main__":
