@@ -339,3 +339,29 @@ def test_multi_crop_views_and_errors(unlabelled):
     with pytest.raises(ValueError, match=r"cannot take the local crops' size \(16, 16\).*"
                                          r"dynamic_img_size=True"):
         pretrainer("dino", n_local_crops=2).fit(unlabelled)
+
+
+def test_docs_ssl_snippets_run_offline(tmp_path, monkeypatch):
+    """docs/ssl.md's python blocks run in order as written (those needing data skipped);
+    the encoder saved there is the one UBCClassifier starts from."""
+    import re
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "ssl.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+    monkeypatch.chdir(tmp_path)  # the page writes resnet18_ssl.safetensors
+    namespace, ran = {}, 0
+    for code in blocks:
+        if code.splitlines()[0].startswith("# needs"):
+            continue
+        exec(compile(code, str(page), "exec"), namespace)
+        ran += 1
+    assert ran == 3 and len(blocks) == 4
+    saved = load_file(str(tmp_path / "resnet18_ssl.safetensors"))
+    trained = namespace["pre"].encoder_.state_dict()
+    ubc = namespace["ubc"].module_.seg.encoder.state_dict()
+    assert len(ubc) == len(trained) == len(saved)  # resnet18 without its fc head
+    for key, value in ubc.items():
+        assert torch.equal(value, trained[key]) and torch.equal(value, saved[key]), key

@@ -184,7 +184,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
       the features of ``transform`` (tested for a ResNet);
     - ``LayerFeatureTransformer(encoder=pre.encoder_)`` and the probes, CKA before and
       after pretraining, without a file;
-    - ``UBCClassifier``: see docs/ssl.md.
+    - ``UBCClassifier(name, checkpoint_path=path)`` for smp's ResNets and ``"tu-"``
+      encoders of the same timm name (see docs/ssl.md).
 
     Examples
     --------
