@@ -238,6 +238,26 @@ def test_linear_head_on_token_store_bound(images, monkeypatch):
     assert not tr.stored_features_ and calls.images[1] == 20 + 2 * 20
 
 
+def test_predicting_more_token_maps_than_the_store_holds(images, monkeypatch):
+    from sklearn_endo.finetune._tokens import TOKENS, clear_token_store
+
+    clear_token_store()
+    monkeypatch.setattr(TOKENS, "max_bytes", 10 * 16 * 32 * 2)  # 10 maps of 16 x 32
+    X, y = images
+    clf = FineTuneClassifier(make_tiny_vit(), freeze="all", head="transformer",
+                             head_width=16, head_heads=2, **FAST).fit(X[:10], y[:10])
+    assert clf.stored_features_ == "tokens" and len(TOKENS) == 10
+    proba = clf.predict_proba(X)  # 20 maps: computed and used, not kept
+    assert len(TOKENS) == 10
+    net = clf.module_.eval()
+    net.stored_input = None
+    with torch.no_grad():
+        x = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in X])
+        expected = net(x).softmax(1).numpy()
+    # tolerance: the float16 rounding of the tokens
+    np.testing.assert_allclose(proba, expected, atol=5e-3)
+
+
 @pytest.mark.parametrize("make, layer, freeze, names", [
     (make_tiny_vit, 3, 1, [f"blocks.{i}" for i in range(4)]),
     (lambda: __import__("timm").create_model("resnet18", pretrained=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -845,7 +846,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                     for xb in loader:
                         out = net.cut(xb.to(self.device))
                         new_rows.append(pool(out, parts, npt).float().cpu().numpy())
-                        if keep_maps:
+                        if keep_maps or want == "tokens":
                             new_maps.append(to_tokens(out, npt).to(
                                 "cpu", torch.float16).numpy())
             finally:
@@ -857,9 +858,10 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             rows_of = dict(zip(fresh, new_rows))
             rows = [rows_of[k] if v is None and k in rows_of else v
                     for k, v in zip(keys, rows)]
-            if keep_maps:
+            if new_maps:
                 new_maps = np.concatenate(new_maps)
-                TOKENS.put(ns_maps, fresh, new_maps)
+                if keep_maps:  # else (predicting a large set) used, not kept
+                    TOKENS.put(ns_maps, fresh, new_maps)
                 maps_of = dict(zip(fresh, new_maps))
                 maps = [maps_of.get(k, v) if v is None else v for k, v in zip(keys, maps)]
         if want == "tokens":
@@ -935,10 +937,14 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             self._set_training(False)
             if getattr(self, "stored_features_", False):
                 self.module_.stored_input = self._stored_input()
-                data = torch.from_numpy(self._stored(images))
-                for xb in torch.split(data, max(self.batch_size, 256)):
-                    out.append(self.module_(xb.to(self.device)).float().softmax(1)
-                               .cpu().numpy())
+                step = max(self.batch_size, 1024)  # memory bounded by a chunk of maps
+                for start in range(0, len(images), step):
+                    part = dataclasses.replace(images,
+                                               data=images.data[start:start + step])
+                    data = torch.from_numpy(self._stored(part))
+                    for xb in torch.split(data, max(self.batch_size, 256)):
+                        out.append(self.module_(xb.to(self.device)).float().softmax(1)
+                                   .cpu().numpy())
             else:
                 self.module_.stored_input = None
                 dataset = ImageDataset(images, self.input_size_, self._interp())
