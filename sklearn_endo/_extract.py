@@ -147,6 +147,16 @@ def release_free_memory():
         _MALLOC_TRIM(0)
 
 
+def progress_bar(total, desc, verbose):
+    """A ``tqdm.auto`` bar shown for passes longer than ``PROGRESS_DELAY_S``, or None."""
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", delay=PROGRESS_DELAY_S, leave=False,
+                dynamic_ncols=True)
+
+
 def autocast_dtype(device, amp):
     """The autocast dtype a pass on ``device`` uses, or None when it runs in float32."""
     if amp and device.type == "cuda":
@@ -179,12 +189,7 @@ def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_earl
     loader = make_loader(images, indices, cfg["input_size"], batch_size=batch_size,
                          num_workers=num_workers, interpolation=cfg["interpolation"],
                          crop_pct=crop_pct, pin_memory=device.type == "cuda")
-    bar = None
-    if verbose:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(indices), desc=f"{handle.name} features", unit="img",
-                   delay=PROGRESS_DELAY_S, leave=False, dynamic_ncols=True)
+    bar = progress_bar(len(indices), f"{handle.name} features", verbose)
     layers = sorted(set(layers))
     stop_at = layers[-1] if stop_early and layers[-1] < handle.n_layers else None
     start = 0

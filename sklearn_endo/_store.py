@@ -62,6 +62,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ._claims import Claims, claims_enabled, remove_orphan_claim
+
 __all__ = ["FeatureStore", "FeatureStoreWarning", "get_store", "clear_feature_store"]
 
 MIN_DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -181,6 +183,13 @@ class FeatureStore:
                 f"features about to be computed could not be kept. Pass a writable "
                 f"directory, feature_store='memory' or feature_store=None."
             ) from None
+
+    def claims(self, namespace):
+        """A ``Claims`` for encoding into ``namespace``, or None (memory store, or
+        ``SKLEARN_ENDO_STORE_CLAIMS=0``): see ``sklearn_endo._claims``."""
+        if self.directory is None or not claims_enabled():
+            return None
+        return Claims(os.path.join(self.directory, namespace), _HOST)
 
     # ------------------------------------------------------------ layouts
     def get_layout(self, namespace, check=None):
@@ -368,7 +377,8 @@ class FeatureStore:
         if namespace in self._cleaned:
             return
         self._cleaned.add(namespace)
-        remove_orphan_temp_files(os.path.join(self.directory, namespace))
+        folder = os.path.join(self.directory, namespace)
+        remove_orphan_temp_files(folder)
 
 
 def remove_orphan_temp_files(folder, max_age_s=ORPHAN_TMP_AGE_S):
@@ -376,11 +386,17 @@ def remove_orphan_temp_files(folder, max_age_s=ORPHAN_TMP_AGE_S):
 
     A temp file is an orphan when its name says it was written on this host by a
     process that no longer runs, or when it is older than ``max_age_s`` seconds (an
-    entry is written in milliseconds, so no live writer holds one that long).
+    entry is written in milliseconds, so no live writer holds one that long). Claim
+    files (``*.claim``) whose writer is gone or that are stale go too (see
+    ``sklearn_endo._claims``); all in one walk of the folder.
     """
     removed, now = 0, time.time()
+    probe = Claims(folder, _HOST)
     for root, _, files in os.walk(folder):
         for name in files:
+            if name.endswith(".claim"):  # a claim whose writer is gone or stale
+                removed += remove_orphan_claim(os.path.join(root, name), probe)
+                continue
             if not name.endswith(".tmp"):
                 continue
             path = os.path.join(root, name)

@@ -12,8 +12,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from ._claims import Poll
 from ._encoders import resolve_device, resolve_encoder
-from ._extract import autocast_dtype, extract, iter_extract, layout_of, offsets, pack
+from ._extract import (
+    autocast_dtype,
+    extract,
+    iter_extract,
+    layout_of,
+    offsets,
+    pack,
+    progress_bar,
+)
 from ._images import check_images, image_hashes
 from ._store import FeatureStoreWarning, get_store
 
@@ -22,6 +31,7 @@ __all__ = ["LayerFeatureTransformer"]
 POOLINGS = ("mean", "max", "cls", "cls+mean")
 _LAYOUTS = {}  # store namespace -> layout, learnt from the first pass of this process
 _LOOKUP_CHUNK = 256  # store rows held at once while copying the requested columns out
+CLAIM_CHUNK_BATCHES = 8  # batches per claimed chunk when a DataLoader has worker processes
 
 
 class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
@@ -85,10 +95,14 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         2 GiB and 25% of physical memory. When it has to drop rows it warns once
         (``FeatureStoreWarning``): a search then encodes some images again. A directory
         path: the same, also written to files that other processes (``n_jobs=2``) and
-        later runs read; rows dropped from memory are read back from them. Entries are written as each batch
-        completes, so an interrupted run keeps what it computed; damaged or stale files
-        are detected (checksums) and recomputed. A directory that cannot be written
-        raises a ``ValueError`` before the encoder runs (when something is missing).
+        later runs read; rows dropped from memory are read back from them. Entries are
+        written as each batch completes, so an interrupted run keeps what it computed;
+        damaged or stale files are detected (checksums) and recomputed. Processes that
+        share a cold directory claim the images they encode (claim files), so each
+        image is encoded once across all of them; the others wait for its entry
+        (``SKLEARN_ENDO_STORE_CLAIMS=0`` turns this off; see docs/scaling.md). A
+        directory that cannot be written raises a ``ValueError`` before the encoder
+        runs (when something is missing).
         ``None``: no store; the pass stops after the deepest requested layer.
         Either way the pass streams batch by batch: peak memory is bounded by
         ``batch_size`` and the store's byte bound, plus the returned array.
@@ -351,12 +365,12 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         return hashlib.blake2b(json.dumps(spec, sort_keys=True, default=str).encode(),
                                digest_size=16).hexdigest()
 
-    def _iter(self, handle, images, indices, layers, stop_early):
+    def _iter(self, handle, images, indices, layers, stop_early, verbose=None):
         return iter_extract(handle, images, indices, layers=layers,
                             final_norm=self.final_norm, stop_early=stop_early,
                             batch_size=self.batch_size, amp=self.amp,
                             num_workers=self.num_workers, crop_pct=self.crop_pct,
-                            verbose=self.verbose)
+                            verbose=self.verbose if verbose is None else verbose)
 
     def _probe_layout(self, handle):
         size = handle.data_config["input_size"]
@@ -394,30 +408,130 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         todo = list(where) if layout is None else self._lookup(store, ns, layout, where, out)
         if todo:
             store.check_writable()  # before the pass, not after it
-            first = [where[k][0] for k in todo]
-            stale = False
-            batches = self._iter(handle, images, first, range(handle.n_layers + 1), False)
+            claims = store.claims(ns)
+            bar = progress_bar(len(todo), f"{handle.name} features", self.verbose)
+            try:
+                layout = self._compute(store, ns, handle, images, where, todo, layout,
+                                       out, claims, bar)
+            finally:
+                if claims is not None:
+                    claims.release_all()
+                if bar is not None:
+                    bar.close()
+            if layout is None:  # the stored layout was stale: computed anew
+                return self._features(X, layers, split=split)
+        _LAYOUTS.setdefault(ns, layout)  # for get_feature_names_out
+        return out.result()
+
+    def _compute(self, store, ns, handle, images, where, todo, layout, out, claims, bar):
+        """Encode (or, with claims, share with other processes) the ``todo`` keys.
+
+        Without claims: one streamed pass over ``todo``. With claims (a directory
+        store): chunks of ``todo`` are claimed, the claimed keys encoded and stored,
+        the keys claimed by other processes read as their entries land (see
+        ``_claims``). Returns the layout, or None if the stored one was stale (its
+        features were then stored anew in the new layout and must be re-read).
+        """
+        check = lambda lay: _layout_problem(lay, handle, ns)  # noqa: E731
+        if claims is None:
+            chunk = len(todo)
+        else:  # chunks small enough that the processes share the work
+            workers = images.kind == "paths" and self.num_workers != 0
+            chunk = self.batch_size * (CLAIM_CHUNK_BATCHES if workers else 1)
+        pending, waiting = list(todo), []
+        poll = Poll()
+        while pending or waiting:
+            for c in range(0, len(pending), chunk):
+                keys = pending[c:c + chunk]
+                if claims is not None:
+                    keys, others = claims.claim(keys)
+                    waiting += others
+                    if layout is None:
+                        layout = store.get_layout(ns, check=check)
+                    if keys and layout is not None:  # landed between lookup and claim?
+                        keys = self._read_landed(store, ns, layout, keys, where, out,
+                                                 claims, bar)
+                if not keys:
+                    continue
+                layout, stale = self._encode(store, ns, handle, images, where, keys,
+                                             layout, out, claims, bar)
+                if stale:
+                    return None
+            pending = []
+            if not waiting:
+                break
+            # everything of our own is done: read what the others are writing
+            if layout is None:
+                layout = store.get_layout(ns, check=check)
+            if layout is not None:
+                before = len(waiting)
+                waiting = self._read_landed(store, ns, layout, waiting, where, out,
+                                            None, bar)
+                if len(waiting) < before:
+                    poll.progressed()
+            pending = [k for k in waiting if not claims.held_by_live_other(k)]
+            if pending:  # released without an entry, or its writer is gone: ours now
+                waiting = [k for k in waiting if k not in set(pending)]
+                poll.progressed()
+            elif waiting:
+                if bar is not None:
+                    bar.set_postfix_str(f"waiting for {len(waiting)} from other processes",
+                                        refresh=False)
+                poll.sleep()
+        if claims is not None and claims.taken_over_stale:
+            key, owner = claims.taken_over_stale[0]
+            warnings.warn(
+                f"Feature store {store.directory!r}: took over {len(claims.taken_over_stale)} "
+                f"claim(s) not refreshed for {claims.stale_s:.0f} s (e.g. image {key} "
+                f"claimed by {owner}) and encoded those images here. A worker may hang, "
+                f"or its host's clock differ; SKLEARN_ENDO_CLAIM_STALE_S sets the age.",
+                FeatureStoreWarning, stacklevel=4)
+        return layout
+
+    def _read_landed(self, store, ns, layout, keys, where, out, claims, bar):
+        """Fill ``out`` from the entries of ``keys`` that exist; return the others."""
+        found = store.get(ns, keys, offsets(layout)[1])
+        hits = [k for k, row in zip(keys, found) if row is not None]
+        if hits:
+            out.fill_keys(hits, where, np.stack([r for r in found if r is not None]),
+                          layout)
+            if claims is not None:
+                claims.release(hits)
+            if bar is not None:
+                bar.update(len(hits))
+        return [k for k, row in zip(keys, found) if row is None]
+
+    def _encode(self, store, ns, handle, images, where, keys, layout, out, claims, bar):
+        """One streamed pass over ``keys``; stores each batch. Returns (layout, stale)."""
+        first = [where[k][0] for k in keys]
+        batches = self._iter(handle, images, first, range(handle.n_layers + 1), False,
+                             verbose=False)
+        try:
             for start, stop, feats in batches:
                 fresh = layout_of(feats)
                 if layout is None:
                     layout = fresh
                     store.put_layout(ns, layout)
                 elif fresh != layout:
-                    stale = True
-                    break
+                    batches.close()  # releases the encoder's lock before any second pass
+                    warnings.warn(f"The stored layout of feature store namespace {ns} "
+                                  f"does not match this encoder's features; recomputing "
+                                  f"them.", FeatureStoreWarning, stacklevel=5)
+                    store.put_layout(ns, fresh)
+                    _LAYOUTS[ns] = fresh
+                    return fresh, True
                 rows = pack(feats, layout)
-                store.put(ns, todo[start:stop], rows)
-                out.fill_keys(todo[start:stop], where, rows, layout)
+                done = keys[start:stop]
+                store.put(ns, done, rows)
+                out.fill_keys(done, where, rows, layout)
+                if claims is not None:
+                    claims.release(done)  # their entries have landed
+                    claims.touch(keys[stop:])  # alive and working on the rest
+                if bar is not None:
+                    bar.update(stop - start)
+        finally:
             batches.close()  # releases the encoder's lock before any second pass
-            if stale:
-                warnings.warn(f"The stored layout of feature store namespace {ns} does "
-                              f"not match this encoder's features; recomputing them.",
-                              FeatureStoreWarning, stacklevel=3)
-                store.put_layout(ns, fresh)
-                _LAYOUTS[ns] = fresh
-                return self._features(X, layers, split=split)
-        _LAYOUTS.setdefault(ns, layout)  # for get_feature_names_out
-        return out.result()
+        return layout, False
 
     def _lookup(self, store, ns, layout, where, out):
         """Copy the requested columns of stored rows into ``out``; return missing keys."""
