@@ -12,6 +12,7 @@ Run: ``python benchmarks/bench_ssl.py [--n-images 128] [--repeats 3]``
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -74,9 +75,11 @@ def bench(name, encoder, method, X, args, device):
                                        dev, r))
     est, plain = statistics.median(est_times), statistics.median(plain_times)
     n = len(X) // args.batch_size * args.batch_size
+    ratios = sorted(e / p for e, p in zip(est_times, plain_times))
     print(f"{name:28s} {method:12s} estimator {est:7.2f} s  plain {plain:7.2f} s  "
-          f"ratio {est / plain:5.3f}  {n / est:7.1f} images/s  ({n} images/epoch, "
-          f"{pre.device_})")
+          f"ratio {est / plain:5.3f} (per-repeat {ratios[0]:.2f} to {ratios[-1]:.2f})  "
+          f"{n / est:7.1f} images/s  ({n} images/epoch, {pre.device_}, load average "
+          f"{os.getloadavg()[0]:.1f})", flush=True)
 
 
 def main():

@@ -115,7 +115,8 @@ def main():
         encoders[name] = pre.encoder_
         print(f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {dur:.0f} s, "
               f"{pre.history_[-1, 'n_steps']} steps "
-              f"({pre.history_[-1, 'images_per_s']:.1f} images/s)", flush=True)
+              f"({pre.history_[-1, 'images_per_s']:.1f} images/s); k-NN {fmt(rows[-1][2])}, "
+              f"linear {fmt(rows[-1][3])}", flush=True)
 
     if args.lite0:
         try:
