@@ -50,8 +50,8 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
         folds: None (all rows) or a list of int arrays of training rows (any sizes).
 
     Returns:
-        heads[f][l] = (weight (n_classes, d_l), bias (n_classes,)) arrays, float64
-        when any of ``Xs`` is float64, else float32;
+        heads[f][l] = (weight (n_classes, d_l), bias (n_classes,)) float64 arrays
+        (float32 on MPS);
         curves[f] = the objective of fold f (summed over layers) at each function
         evaluation, and the number of L-BFGS iterations run.
     """
@@ -62,13 +62,17 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
     d_max = max(dims)
     width = d_max + 1
     k_free = 1 if n_classes == 2 else n_classes  # binary: class 0's logit is 0
-    # float64 when the features are (LinearProbeClassifier's input); float32 features
-    # (the store's) are solved in float32, about twice as fast on CPU, whose objective
-    # resolves gradients down to ~1e-5 only; MPS has no float64
-    dtype = (torch.float64 if any(np.asarray(X).dtype == np.float64 for X in Xs)
-             and torch.device(device).type != "mps" else torch.float32)
+    # The weights, the objective and L-BFGS's state are float64: all in float32, the
+    # line search stalled before the gradient reached tol=1e-4 on CNN features. The two
+    # matmuls (nearly all the arithmetic) run in the features' dtype: float32 features
+    # (the store's) give gradients good to ~1e-5, enough for the default tol=1e-4, at
+    # about half the CPU time of float64. MPS has no float64.
+    mps = torch.device(device).type == "mps"
+    dtype = torch.float32 if mps else torch.float64
+    mm_dtype = (torch.float64 if not mps and any(np.asarray(X).dtype == np.float64
+                                                 for X in Xs) else torch.float32)
 
-    feats = torch.zeros(n_layers, n_samples, width, dtype=dtype)
+    feats = torch.zeros(n_layers, n_samples, width, dtype=mm_dtype)
     feats[:, :, d_max] = 1.0
     feats_np = feats.numpy()  # numpy's assignment also takes read-only inputs
     for layer, X in enumerate(Xs):
@@ -95,7 +99,8 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
 
     def objective(with_grad=True):
         """Per (layer, fold) objective, shape (L, F); writes the gradient into ``grad``."""
-        logits = torch.bmm(feats, theta).view(n_layers, n_samples, n_folds, k_free)
+        logits = torch.bmm(feats, theta.to(mm_dtype)).to(dtype)
+        logits = logits.view(n_layers, n_samples, n_folds, k_free)
         if k_free == 1:
             logits = torch.nn.functional.pad(logits, (1, 0))
         logp = torch.log_softmax(logits, dim=-1)
@@ -104,8 +109,8 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
         reg = 0.5 * (w * w * penalty).view(n_layers, d_max, n_folds, k_free).sum(dim=(1, 3))
         if with_grad:
             g = (logp.exp_() - onehot).mul_(row_weight)[..., n_classes - k_free:]
-            torch.bmm(feats_t, g.reshape(n_layers, n_samples, n_folds * k_free),
-                      out=grad_theta)
+            g = g.reshape(n_layers, n_samples, n_folds * k_free).to(mm_dtype)
+            grad_theta.copy_(torch.bmm(feats_t, g))
             grad_theta[:, :d_max] += w * penalty
         return data + reg
 
@@ -129,14 +134,16 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
     worst = grad_theta.abs().view(n_layers, width, n_folds, k_free).amax(dim=(1, 3))
     worst = worst.cpu().numpy()  # (L, F)
     if (worst > tol).any():
+        hint = (" Pass float64 features for tol below ~1e-5 (the matmuls run in the "
+                "features' float32)." if mm_dtype == torch.float32 else "")
         n_bad = int((worst > tol).sum())
         why = (f"reached max_iter={max_iter}" if n_iter >= max_iter else
                f"stopped after {n_iter} iterations, the line search making no more "
-               f"progress at this precision ({str(dtype).replace('torch.', '')})")
+               "progress at this precision")
         warnings.warn(
             f"solver='lbfgs' did not converge for {n_bad} of {n_layers * n_folds} heads: "
             f"largest gradient entry {worst.max():.2e} > tol={tol}; L-BFGS {why}. "
-            "Increase max_iter, raise tol, lower C or pass standardize=True.",
+            f"Increase max_iter, raise tol, lower C or pass standardize=True.{hint}",
             ConvergenceWarning, stacklevel=4)
     if verbose:
         print(f"[lbfgs, {n_layers * n_folds} heads] {n_iter} iterations, "

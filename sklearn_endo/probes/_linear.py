@@ -346,8 +346,9 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
         training set, minimising, as ``LogisticRegression(C=C)`` does,
         ``mean cross-entropy + ||coef_||^2 / (2 * C * n_samples)`` (the intercept is
         not penalised; for two classes class 0's logit is fixed at 0, scikit-learn's
-        binary model). It computes in float64 for float64 input (always, here) and in
-        float32 for the float32 features ``MultiLayerLinearProbe`` receives.
+        binary model). Weights and objective are float64 (float32 on MPS); the
+        matmuls run in the features' dtype, float64 here, float32 for the store's
+        float32 features in ``MultiLayerLinearProbe`` (good to ``tol`` ~1e-5).
     C : float, default=1.0
         Inverse L2 penalty strength of ``solver="lbfgs"``, as in
         ``LogisticRegression``; smaller is stronger. Must stay 1.0 with
