@@ -7,9 +7,14 @@
    Target: <= 1.10x.
 2. Memory: with X as a list of image paths, the peak RSS of a 1-epoch fit in a fresh
    subprocess for a small and a large number of files. Target: the same peak (bounded by
-   the batch, not by the dataset).
+   the batch, not by the dataset). On CUDA also ``torch.cuda.max_memory_allocated``.
+
+``--device cuda`` trains both on the GPU (the plain loop moves each batch there as
+skorch does; the device is synchronised at the end of every epoch, and every batch's
+``loss.item()`` synchronises both anyway); images/s is images per median epoch.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ubc_step.py --n 64 --size 64 --epochs 2
+    python benchmarks/bench_ubc_step.py --device cuda --n 512 --size 256
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 
 import numpy as np
 import torch
+from _device import add_device_argument, check_device, describe, peak_cuda_memory, sync
 
 
 def make_data(n, size, seed=0):
@@ -48,7 +54,8 @@ def skorch_epochs(params, X, y, masks, epochs):
 
 
 def plain_epochs(params, X, y, masks, epochs):
-    """The same model, batches, optimizer, loss and schedule, without skorch."""
+    """The same model, batches, optimizer, loss and schedule, without skorch, on
+    ``params["device"]``."""
     from sklearn_endo._images import check_images
     from sklearn_endo.ubc import UBCLoss, UBCNet
     from sklearn_endo.ubc._classifier import UBCDataset
@@ -58,17 +65,22 @@ def plain_epochs(params, X, y, masks, epochs):
     images = check_images(X)
     size = (params["image_size"],) * 2
     ds = UBCDataset(images, size, y.astype(np.int64), check_masks(masks, images))
+    device = torch.device(params["device"])
     net = UBCNet(params["encoder"], 2, encoder_depth=params["encoder_depth"],
-                 pooling=params.get("pooling", "avg"))
-    loader = torch.utils.data.DataLoader(ds, batch_size=params["batch_size"], shuffle=True)
+                 pooling=params.get("pooling", "avg")).to(device)
+    loader = torch.utils.data.DataLoader(ds, batch_size=params["batch_size"], shuffle=True,
+                                         pin_memory=device.type == "cuda")
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.9)
     loss_fn = UBCLoss(alpha=params.get("alpha", 0.5))
     durs = []
     for _ in range(epochs):
+        sync(device)
         start = time.perf_counter()
         net.train()
         for xb, t in loader:
+            xb = xb.to(device, non_blocking=True)
+            t = {k: v.to(device, non_blocking=True) for k, v in t.items()}
             opt.zero_grad()
             logits, mask_logits = net(xb)
             loss = loss_fn(logits, mask_logits, t["y"], t["mask"], t["has_mask"])
@@ -76,6 +88,7 @@ def plain_epochs(params, X, y, masks, epochs):
             opt.step()
             loss.item()  # skorch records every batch loss; so does a typical loop
         sched.step()
+        sync(device)
         durs.append(time.perf_counter() - start)
     return durs
 
@@ -83,7 +96,7 @@ def plain_epochs(params, X, y, masks, epochs):
 def overhead(args):
     params = dict(encoder=args.encoder, pretrained=False, image_size=args.size,
                   encoder_depth=args.depth, batch_size=args.batch_size, random_state=0,
-                  device="cpu", alpha=0.5, pooling="mask", verbose=0)
+                  device=args.device, alpha=0.5, pooling="mask", verbose=0)
     X, y, masks = make_data(args.n, args.size)
     skorch_t, plain_t = [], []
     for _ in range(args.repeats):
@@ -92,13 +105,14 @@ def overhead(args):
         plain_t += plain_epochs(params, X, y, masks, args.epochs + 1)[1:]
     s, p = statistics.median(skorch_t), statistics.median(plain_t)
     print(f"overhead  {args.encoder} depth {args.depth}, {args.n} images {args.size}px, "
-          f"batch {args.batch_size}, {len(skorch_t)} epochs each")
-    print(f"  UBCClassifier (skorch): median epoch {s:.3f} s")
-    print(f"  plain torch loop      : median epoch {p:.3f} s")
+          f"batch {args.batch_size}, {len(skorch_t)} epochs each; "
+          f"{describe(args.device, extraction=False)}")
+    print(f"  UBCClassifier (skorch): median epoch {s:.3f} s = {args.n / s:8.1f} img/s")
+    print(f"  plain torch loop      : median epoch {p:.3f} s = {args.n / p:8.1f} img/s")
     print(f"  ratio skorch/plain    : {s / p:.3f}x  (target <= 1.10x)")
 
 
-def _memory_child(n, size, file_size):
+def _memory_child(n, size, file_size, device):
     import resource
 
     from PIL import Image
@@ -119,28 +133,33 @@ def _memory_child(n, size, file_size):
         masks = [mask] * n  # the same (small) array object n times
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         clf = UBCClassifier("resnet18", pretrained=False, image_size=size, encoder_depth=5,
-                            batch_size=16, max_epochs=1, random_state=0, device="cpu",
+                            batch_size=16, max_epochs=1, random_state=0, device=device,
                             verbose=0, iterator_train__num_workers=0,
                             iterator_valid__num_workers=0)
-        clf.fit(paths, y, masks=masks)
-        clf.predict_proba(paths)
+        cuda = {}
+        with peak_cuda_memory(device, cuda):
+            clf.fit(paths, y, masks=masks)
+            clf.predict_proba(paths)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak, "before_fit_mb": before}))
+    print(json.dumps({"peak_rss_mb": peak, "before_fit_mb": before, **cuda}))
 
 
 def memory(args):
     print(f"memory    X as paths of {args.file_size}px PNGs, image_size {args.size}, "
-          f"batch 16, 1 epoch + predict_proba")
+          f"batch 16, 1 epoch + predict_proba, device {args.device}")
     for n in (args.n_small, args.n_large):
         out = subprocess.run(
             [sys.executable, __file__, "--memory-child", str(n), "--size", str(args.size),
-             "--file-size", str(args.file_size)],
+             "--file-size", str(args.file_size), "--device", args.device],
             capture_output=True, text=True, check=True)
         rec = json.loads(out.stdout.strip().splitlines()[-1])
         peak, before = rec["peak_rss_mb"], rec["before_fit_mb"]
         decoded = n * args.file_size ** 2 * 3 * 4 / 2**20
-        print(f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the peak "
-              f"before fit (all images decoded as float: {decoded:7.1f} MB)")
+        line = (f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the "
+                f"peak before fit (all images decoded as float: {decoded:7.1f} MB)")
+        if "cuda_peak_mb" in rec:
+            line += f"; torch.cuda.max_memory_allocated {rec['cuda_peak_mb']:.1f} MiB"
+        print(line)
 
 
 def main():
@@ -157,10 +176,12 @@ def main():
     ap.add_argument("--file-size", type=int, default=256)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    add_device_argument(ap)
     args = ap.parse_args()
+    args.device = str(check_device(ap, args.device))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.memory_child is not None:
-        _memory_child(args.memory_child, args.size, args.file_size)
+        _memory_child(args.memory_child, args.size, args.file_size, args.device)
         return
     overhead(args)
     if not args.skip_memory:
