@@ -15,7 +15,9 @@ Prints, measured side by side in one run:
 5. Peak RSS of training on N image paths (PNG files written to a temp dir) at two
    sizes (default 200 and 1600), each in a fresh process: bounded by the batch, not the
    dataset. Once training through the encoder every epoch (``freeze="none"``), once
-   with a frozen trunk (one pass; the pooled rows, N x 256 floats, are what grows).
+   with a frozen trunk (one pass): there the pooled rows (N x 256 floats) and the
+   float16 token maps kept for a later transformer head (64 KiB an image here) grow
+   with N, the maps up to the token store's bound (``SKLEARN_ENDO_TOKEN_BYTES``).
 
 Run: ``python benchmarks/bench_finetune.py`` (CPU is fine; ``--device cuda``).
 """
@@ -169,8 +171,10 @@ def _rss_child(n, size, mode):
         took = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    from sklearn_endo.finetune._tokens import TOKENS
+
     print(f"RSS {n} {base / 1024:.1f} {peak / 1024:.1f} {workers / 1024:.1f} {took:.1f} "
-          f"{clf.stored_features_}")
+          f"{TOKENS.nbytes / 2**20:.1f} {clf.stored_features_}")
 
 
 def bench_memory(sizes, size=128):
@@ -186,15 +190,16 @@ def bench_memory(sizes, size=128):
                 [sys.executable, __file__, "--rss-child", str(n), "--rss-size", str(size),
                  "--rss-mode", mode], capture_output=True, text=True, check=True).stdout
             line = [ln for ln in out.splitlines() if ln.startswith("RSS ")][-1].split()
-            rows[n] = [float(v) for v in line[2:6]]
+            rows[n] = [float(v) for v in line[2:7]]
         dataset = {n: n * size * size * 3 * 4 / 2**20 for n in sizes}
         print(f"5. training 1 epoch on image paths ({size} px PNG, batch 32, resnet18 cut "
               f"at block 4), {what}:")
         for n in sizes:
-            before, peak, workers, took = rows[n]
-            print(f"   {n:5d} images: peak RSS {peak:.0f} MiB (after the encoder and data "
-                  f"setup {before:.0f} MiB; largest DataLoader worker {workers:.0f} MiB); "
-                  f"the images as float32 would be {dataset[n]:.0f} MiB; {took:.1f} s")
+            before, peak, workers, took, maps = rows[n]
+            print(f"   {n:5d} images: peak RSS {peak:.0f} MiB (before fit "
+                  f"{before:.0f} MiB; largest DataLoader worker {workers:.0f} MiB); "
+                  f"the images as float32 would be {dataset[n]:.0f} MiB; token-map store "
+                  f"{maps:.0f} MiB; {took:.1f} s")
         a, b = sizes[0], sizes[-1]
         print(f"   peak growth {a} -> {b} images: {rows[b][1] - rows[a][1]:+.0f} MiB "
               f"(the dataset as float32 grows by {dataset[b] - dataset[a]:.0f} MiB)")
