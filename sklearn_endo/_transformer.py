@@ -471,7 +471,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                     poll.progressed()
             pending = [k for k in waiting if not claims.held_by_live_other(k)]
             if pending:  # released without an entry, or its writer is gone: ours now
-                waiting = [k for k in waiting if k not in set(pending)]
+                taken = set(pending)
+                waiting = [k for k in waiting if k not in taken]
                 poll.progressed()
             elif waiting:
                 if bar is not None:
