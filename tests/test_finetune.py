@@ -238,6 +238,21 @@ def test_linear_head_on_token_store_bound(images, monkeypatch):
     assert not tr.stored_features_ and calls.images[1] == 20 + 2 * 20
 
 
+def test_pooled_rows_in_a_directory_store_serve_a_later_process(images, tmp_path):
+    from sklearn_endo import clear_feature_store
+
+    X, y = images
+    vit = make_tiny_vit()
+    calls = _vit_blocks(vit)
+    kw = dict(freeze="all", feature_store=str(tmp_path), **FAST)
+    first = FineTuneClassifier(vit, **kw).fit(X, y)
+    assert calls.images[1] == len(X) and list(tmp_path.glob("*/layout.json"))
+    clear_feature_store()  # as a new process: only the files are left
+    second = FineTuneClassifier(vit, **kw).fit(X, y)
+    assert calls.images[1] == len(X)  # read from the files, not encoded again
+    np.testing.assert_array_equal(second.predict_proba(X), first.predict_proba(X))
+
+
 def test_predicting_more_token_maps_than_the_store_holds(images, monkeypatch):
     from sklearn_endo.finetune._tokens import TOKENS, clear_token_store
 
