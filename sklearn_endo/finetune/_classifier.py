@@ -838,32 +838,28 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                                  batch_size=self.batch_size, interpolation=self._interp())
             net, npt = self.module_, self.module_.num_prefix_tokens
             parts = "+".join(name for _, name, _ in layout)
-            new_rows, new_maps = [], []
+            fresh, done, rows_of, maps_of = list(todo), 0, {}, {}
+            store.put_layout(ns_rows, layout)
             was = net.training
             net.eval()
             try:
                 with torch.inference_mode():
                     for xb in loader:
                         out = net.cut(xb.to(self.device))
-                        new_rows.append(pool(out, parts, npt).float().cpu().numpy())
+                        batch, done = fresh[done:done + len(xb)], done + len(xb)
+                        # kept batch by batch: no copy of all maps at once
+                        new_rows = pool(out, parts, npt).float().cpu().numpy()
+                        store.put(ns_rows, batch, new_rows)
+                        rows_of.update(zip(batch, new_rows))
                         if keep_maps or want == "tokens":
-                            new_maps.append(to_tokens(out, npt).to(
-                                "cpu", torch.float16).numpy())
+                            new_maps = to_tokens(out, npt).to("cpu", torch.float16).numpy()
+                            if keep_maps:  # else (predicting a large set) used, not kept
+                                TOKENS.put(ns_maps, batch, new_maps)
+                            maps_of.update(zip(batch, new_maps))
             finally:
                 net.train(was)
-            fresh = list(todo)
-            new_rows = np.concatenate(new_rows)
-            store.put_layout(ns_rows, layout)
-            store.put(ns_rows, fresh, new_rows)
-            rows_of = dict(zip(fresh, new_rows))
-            rows = [rows_of[k] if v is None and k in rows_of else v
-                    for k, v in zip(keys, rows)]
-            if new_maps:
-                new_maps = np.concatenate(new_maps)
-                if keep_maps:  # else (predicting a large set) used, not kept
-                    TOKENS.put(ns_maps, fresh, new_maps)
-                maps_of = dict(zip(fresh, new_maps))
-                maps = [maps_of.get(k, v) if v is None else v for k, v in zip(keys, maps)]
+            rows = [rows_of.get(k, v) if v is None else v for k, v in zip(keys, rows)]
+            maps = [maps_of.get(k, v) if v is None else v for k, v in zip(keys, maps)]
         if want == "tokens":
             return np.stack(maps)
         rows = np.stack(rows)
@@ -887,16 +883,17 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             net = self.module_
             was = net.training
             net.eval()
-            out = []
+            order, done, fresh = list(todo), 0, {}
             try:
                 with torch.inference_mode():
                     for xb in loader:
                         edge = net.boundary(xb.to(self.device), k)
-                        out.append(edge.to("cpu", torch.float16).numpy())
+                        edge = edge.to("cpu", torch.float16).numpy()
+                        batch, done = order[done:done + len(xb)], done + len(xb)
+                        TOKENS.put(namespace, batch, edge)  # batch by batch, no copy
+                        fresh.update(zip(batch, edge))
             finally:
                 net.train(was)
-            fresh = dict(zip(todo, np.concatenate(out)))
-            TOKENS.put(namespace, list(fresh), list(fresh.values()))
             maps = [fresh[key] if v is None else v for key, v in zip(keys, maps)]
         return np.stack(maps)
 
