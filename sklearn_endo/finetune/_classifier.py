@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
 from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
-from skorch.dataset import Dataset, unpack_data
+from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
 from .._encoders import resolve_device, resolve_encoder
@@ -62,8 +62,19 @@ class ImageDataset(torch.utils.data.Dataset):
         return x, (0 if self.y is None else int(self.y[i]))
 
 
-class _StoredDataset(Dataset):
-    """Stored outputs of the frozen trunk (pooled rows or token maps) and labels."""
+class _StoredDataset(torch.utils.data.Dataset):
+    """Stored outputs of the frozen part (an (N, D) array of pooled rows, or a list of
+    maps that are the token store's own entries, not a stacked copy) and labels."""
+
+    def __init__(self, stored, y):
+        self.stored = stored
+        self.y = y
+
+    def __len__(self):
+        return len(self.stored)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.asarray(self.stored[i])), int(self.y[i])
 
 
 def _is_timm_vit_name(head):
@@ -787,6 +798,8 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         return tuple(edge.shape[1:])
 
     def _stored(self, images):
+        """An (N, D) array of pooled rows, or a list of N float16 maps (the token
+        store's own entries: no stacked copy of them)."""
         if self.stored_features_ == "boundary":
             return self._boundary_maps(images)
         return self._cut_features(images, self.stored_features_)
@@ -805,7 +818,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
         return [(self.layer_, name, int(dim)) for name in names]
 
     def _cut_features(self, images, want):
-        """Pooled rows (float32) or token maps (float16) of the frozen trunk at the cut.
+        """Pooled rows (float32 array) or token maps (list of float16) at the cut.
 
         One pass serves both heads: images missing what ``want`` names are encoded
         once and leave both their pooled row (all poolings, in the feature store) and,
@@ -861,7 +874,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             rows = [rows_of.get(k, v) if v is None else v for k, v in zip(keys, rows)]
             maps = [maps_of.get(k, v) if v is None else v for k, v in zip(keys, maps)]
         if want == "tokens":
-            return np.stack(maps)
+            return maps
         rows = np.stack(rows)
         dim, offsets = layout[0][2], {name: j for j, (_, name, _) in enumerate(layout)}
         return np.concatenate([rows[:, offsets[p] * dim:(offsets[p] + 1) * dim]
@@ -895,7 +908,7 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
             finally:
                 net.train(was)
             maps = [fresh[key] if v is None else v for key, v in zip(keys, maps)]
-        return np.stack(maps)
+        return maps
 
     def _interp(self):
         return self._get_handle().data_config["interpolation"]
@@ -938,8 +951,10 @@ class FineTuneClassifier(ClassifierMixin, NeuralNet):
                 for start in range(0, len(images), step):
                     part = dataclasses.replace(images,
                                                data=images.data[start:start + step])
-                    data = torch.from_numpy(self._stored(part))
-                    for xb in torch.split(data, max(self.batch_size, 256)):
+                    data = self._stored(part)
+                    size = max(self.batch_size, 256)
+                    for i in range(0, len(data), size):
+                        xb = torch.from_numpy(np.stack(data[i:i + size]))
                         out.append(self.module_(xb.to(self.device)).float().softmax(1)
                                    .cpu().numpy())
             else:
