@@ -235,8 +235,14 @@ def _make_probe(probe, probe_params, random_state):
             params.setdefault("max_iter", 1000)
             est = LogisticRegression(**params)
         elif probe == "linear":
+            if params.get("solver") == "lbfgs":
+                params.setdefault("max_iter", 1000)  # as the "logistic" probe
             est = LinearProbeClassifier(**params)
         else:
+            if params.get("solver") == "lbfgs":
+                # one solve for all layers and folds needs more iterations than one
+                # head (157 for 13 ViT-S layers where each alone needed 33-66)
+                params.setdefault("max_iter", 1000)
             params.setdefault("random_state", random_state)
             return "batched", MultiLayerLinearProbe(**params)
         if "random_state" in est.get_params() and "random_state" not in params:
@@ -381,7 +387,8 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         Parameters of a string probe, e.g. ``{"lr": 1e-3, "standardize": True}``.
         ``{"solver": "lbfgs", "C": 1.0}`` with the linear probes replaces the paper's
         Adam recipe by ``LogisticRegression``'s L2 objective, solved by one full-batch
-        L-BFGS over all layers and folds (see ``LinearProbeClassifier``).
+        L-BFGS over all layers and folds (see ``LinearProbeClassifier``); its
+        ``max_iter`` defaults to 1000 here, as the ``"logistic"`` probe's.
     cv : int, CV splitter or iterable, default=5
         As in ``cross_validate``; an int means ``StratifiedKFold(cv)``. Use a group
         splitter with ``groups`` to keep a patient's images in one fold.
