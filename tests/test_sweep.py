@@ -100,6 +100,15 @@ def test_lbfgs_sweep_equals_a_logistic_regression_sweep():
     assert ours.best_layer_ == ref.best_layer_
 
 
+def test_lbfgs_sweep_iterations_default_to_1000_unless_given():
+    from sklearn_endo._sweep import _make_probe
+
+    assert _make_probe("batched-linear", {"solver": "lbfgs"}, 0)[1].max_iter == 1000
+    assert _make_probe("linear", {"solver": "lbfgs"}, 0)[1].max_iter == 1000
+    assert _make_probe("batched-linear", {"solver": "lbfgs", "max_iter": 7}, 0)[1].max_iter == 7
+    assert _make_probe("batched-linear", None, 0)[1].max_iter == 100  # Adam: unused
+
+
 def test_knn_sweep_evaluates_several_k():
     feats, y = _features()
     res = layer_sweep_from_features(feats, y, probe="knn", cv=3,
