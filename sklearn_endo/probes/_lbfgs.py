@@ -12,9 +12,10 @@ heads of all layers and folds are one flat parameter tensor and one
 parameters, so the sum's gradient is the heads' gradients side by side and its
 minimiser is every head's own minimiser: the result is each head's fit, to the solver's
 tolerance (the heads share the line search, so the path differs from separate fits, not
-the optimum). The solver stops once the largest gradient entry of every head is at most
-``tol`` (scikit-learn's ``gtol``), and then checks each head: a head left above ``tol``
-raises a ConvergenceWarning.
+the optimum, and takes more iterations than the slowest head alone). The solver stops
+once the largest gradient entry of every head, in the standardized coordinates below,
+is at most ``tol`` (as scikit-learn's ``gtol``), and then checks each head: a head left
+above ``tol`` raises a ConvergenceWarning.
 
 Layout: features ``(n_layers, n_samples, d_max + 1)`` (zero-padded; the last column is 1
 so the bias is the last weight row), weights ``(n_layers, d_max + 1, n_folds * k)``, so a
