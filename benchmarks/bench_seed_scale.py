@@ -34,8 +34,8 @@ Cases:
     The old default bound, ``SKLEARN_ENDO_STORE_BYTES=2147483648`` (scaled by
     ``n_images / 10662`` when ``--n-images`` differs, so the store overflows it in the
     same proportion), over the first ``--before-layers`` layers (default 2: each fit
-    costs about half a pass there, so ``--before-layers 25``, the whole search, takes
-    about half an hour on a 2-core CPU).
+    costs about half a pass there; ``--before-layers 25``, the whole search, measured
+    68 passes per image and took 77 min on a loaded 2-core CPU).
 ``disk`` (only with ``--cases ...,disk``)
     ``feature_store=<a temporary directory>`` with the in-memory part bounded by the
     old 2 GiB: rows evicted from memory are read back from their files, not computed.
@@ -44,7 +44,8 @@ Cases:
     and searched again with the same probe and folds: same best layer? CV log-losses
     within 1e-3?
 
-Run: ``python benchmarks/bench_seed_scale.py`` (about 10-20 min on 2 busy cores);
+Run: ``python benchmarks/bench_seed_scale.py`` (26 min for the defaults case and its
+float16 check on 2 heavily loaded cores, a few minutes for the old-bound case);
 ``--quick`` runs 1,000 images and 2 layers in the old-bound case.
 """
 
