@@ -494,7 +494,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         found = store.get(ns, keys, offsets(layout)[1])
         hits = [k for k, row in zip(keys, found) if row is not None]
         if hits:
-            out.fill_keys(hits, where, np.stack([r for r in found if r is not None]),
+            out.fill_keys(hits, where, [r for r in found if r is not None],
                           layout)
             if claims is not None:
                 claims.release(hits)
@@ -544,7 +544,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
             hits = [k for k, row in zip(chunk, found) if row is not None]
             todo += [k for k, row in zip(chunk, found) if row is None]
             if hits:
-                out.fill_keys(hits, where, np.stack([r for r in found if r is not None]),
+                out.fill_keys(hits, where, [r for r in found if r is not None],
                               layout)
         return todo
 
@@ -596,11 +596,22 @@ class _Columns:
         self.filled[positions] = True
 
     def fill_keys(self, keys, where, packed, layout):
-        """Fill every position of each key from its packed row (row ``j`` of ``keys[j]``)."""
+        """Fill every position of each key from its packed row (row ``j`` of ``keys[j]``).
+
+        ``packed`` is a 2-D array, or a list of 1-D stored rows: from those only the
+        requested (layer, pooling) spans are copied, not whole rows (a ViT-L row holds
+        75 spans; a search candidate asks for one).
+        """
         spans, _ = offsets(layout)
         rows = np.asarray([j for j, k in enumerate(keys) for _ in where[k]], dtype=np.intp)
         positions = np.asarray([i for k in keys for i in where[k]], dtype=np.intp)
-        self.fill(positions, rows, {k: packed[:, a:b] for k, (a, b) in spans.items()})
+        if isinstance(packed, np.ndarray):
+            blocks = {k: packed[:, a:b] for k, (a, b) in spans.items()}
+        else:
+            wanted = {k: ab for k, ab in spans.items()
+                      if k[0] in self.layers and k[1] in self.poolings}
+            blocks = {k: np.stack([r[a:b] for r in packed]) for k, (a, b) in wanted.items()}
+        self.fill(positions, rows, blocks)
 
     def result(self):
         if not self.filled.all():  # a bug, never a silent row of garbage
