@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import torch
 
-__all__ = ["WeightsUnavailableError", "create_named", "load_checkpoint"]
+__all__ = ["WeightsUnavailableError", "create_named", "load_checkpoint", "read_state_dict"]
 
 
 class WeightsUnavailableError(ValueError):
@@ -153,8 +153,18 @@ def _raise_unavailable(name, reason):
     )
 
 
-def load_checkpoint(module, path):
-    """Load weights from a .safetensors or .pth/.bin file without unpickling objects."""
+def read_state_dict(path):
+    """A checkpoint's tensors, without unpickling objects.
+
+    ``.safetensors`` files are read with safetensors, others with
+    ``torch.load(weights_only=True)``; ``state_dict``/``model``/``module`` wrappers and
+    ``module.`` prefixes (DataParallel) are removed. Errors name ``checkpoint_path``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint_path={path!r} is not a file; pass the path of a "
+                         f"saved state dict (e.g. what SelfSupervisedPretrainer.save_encoder "
+                         f"wrote).")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -171,13 +181,23 @@ def load_checkpoint(module, path):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(
-                f"checkpoint_path={path!r} could not be loaded as plain tensors ({exc}). "
-                f"Save weights with torch.save(model.state_dict(), path) or safetensors."
+                f"checkpoint_path={path!r} could not be read as a state dict of plain "
+                f"tensors ({type(exc).__name__}: {exc}). Save weights with "
+                f"torch.save(model.state_dict(), path) or safetensors.torch.save_file."
             ) from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"checkpoint_path={path!r} does not hold a state dict (a dict of "
+                         f"tensors); got {type(state).__name__}.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_checkpoint(module, path):
+    """Load weights from a .safetensors or .pth/.bin file without unpickling objects."""
+    state = read_state_dict(path)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:

@@ -22,6 +22,7 @@ from skorch.utils import to_tensor
 from .._encoders import resolve_device
 from .._images import check_images, load_image, resize_image
 from .._iterators import skorch_image_iterator
+from .._pretrained import read_state_dict
 from ._loss import UNLABELED, UBCLoss
 from ._masks import check_masks
 from ._model import POOLINGS, UBCNet, pretrained_kwargs, smp_encoder_name
@@ -628,33 +629,6 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
             yield
 
 
-def _read_state_dict(path):
-    """A checkpoint's tensors, without unpickling objects."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint_path={path!r} is not a file; pass the path that "
-                         f"SelfSupervisedPretrainer.save_encoder wrote.")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"checkpoint_path={path!r} could not be read as a state dict of plain tensors "
-            f"({type(exc).__name__}: {exc}). Save one with safetensors.torch.save_file or "
-            f"torch.save(model.state_dict(), path).") from None
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                              for v in state.values()):
-        raise ValueError(f"checkpoint_path={path!r} does not hold a state dict (a dict of "
-                         f"tensors); got {type(state).__name__}.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def _what_differs(n=3, **named):
     """``"missing 2, e.g. ['a', 'b']; unexpected 1, e.g. ['c']"`` for the non-empty lists."""
     return "; ".join(f"{name.replace('_', ' ')} {len(keys)}, e.g. {sorted(keys)[:n]}"
@@ -675,7 +649,7 @@ def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3):
     import timm
 
     path = os.fspath(path)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     smp_name, timm_name = smp_encoder_name(spec)
     skip = "num_batches_tracked"
     if timm_name is not None:
