@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
-import os
 import warnings
 
 import numpy as np
@@ -22,10 +21,9 @@ from skorch.utils import to_tensor
 from .._encoders import resolve_device
 from .._images import check_images, load_image, resize_image
 from .._iterators import skorch_image_iterator
-from .._pretrained import read_state_dict
 from ._loss import UNLABELED, UBCLoss
 from ._masks import check_masks
-from ._model import POOLINGS, UBCNet, pretrained_kwargs, smp_encoder_name
+from ._model import POOLINGS, UBCNet, load_encoder_checkpoint, pretrained_kwargs
 
 __all__ = ["UBCClassifier", "NoMasksWarning"]
 
@@ -627,68 +625,6 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
-
-
-def _what_differs(n=3, **named):
-    """``"missing 2, e.g. ['a', 'b']; unexpected 1, e.g. ['c']"`` for the non-empty lists."""
-    return "; ".join(f"{name.replace('_', ' ')} {len(keys)}, e.g. {sorted(keys)[:n]}"
-                     for name, keys in named.items() if keys)
-
-
-def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3):
-    """Set every weight of smp ``encoder`` from the timm state dict at ``path``.
-
-    The file is first checked against the timm model of the same name (no classifier):
-    the same keys and shapes, bar the classifier's (present or not). Then every key of
-    the smp encoder must be found in it (smp's ResNets use timm's names; ``"tu-"``
-    encoders hold timm's ``features_only`` model, whose ``stages_1`` is timm's
-    ``stages.1``) and is loaded strictly. Raises ValueError naming what does not fit.
-    """
-    import re
-
-    import timm
-
-    path = os.fspath(path)
-    state = read_state_dict(path)
-    smp_name, timm_name = smp_encoder_name(spec)
-    skip = "num_batches_tracked"
-    if timm_name is not None:
-        with torch.device("meta"):
-            ref = timm.create_model(timm_name, num_classes=0)
-        head = str(ref.pretrained_cfg.get("classifier") or "fc")
-        ref_sd = ref.state_dict()
-        missing = [k for k in ref_sd if k not in state and not k.endswith(skip)]
-        extra = [k for k in state if k not in ref_sd and not k.startswith(head + ".")]
-        if missing or extra:
-            raise ValueError(
-                f"checkpoint_path={path!r} is not a state dict of timm's {timm_name!r} "
-                f"(num_classes=0): {_what_differs(missing=missing, unexpected=extra)}. "
-                f"Save the encoder of the same model name, e.g. "
-                f"SelfSupervisedPretrainer({timm_name!r}, ...).save_encoder(path).")
-    target = encoder.model if smp_name.startswith("tu-") else encoder
-    load = {}
-    missing, bad = [], []
-    for key, value in target.state_dict().items():
-        src = key if key in state else re.sub(r"^([A-Za-z]+)_(\d+)\.", r"\1.\2.", key)
-        if src not in state:
-            if not key.endswith(skip):
-                missing.append(key)
-            continue
-        w = state[src]
-        if (in_chans == 1 and w.ndim == 4 and value.ndim == 4 and w.shape[1] == 3
-                and value.shape[1] == 1 and w.shape[0] == value.shape[0]):
-            w = w.sum(dim=1, keepdim=True)  # as smp and timm adapt pretrained weights
-        if tuple(w.shape) != tuple(value.shape):
-            bad.append(f"{key}: file {tuple(w.shape)}, encoder {tuple(value.shape)}")
-            continue
-        load[key] = w
-    if missing or bad:
-        raise ValueError(
-            f"checkpoint_path={path!r} does not fit UBCClassifier's encoder {spec!r}: "
-            f"{_what_differs(2, missing=missing, shape_mismatches=bad)}. Use a "
-            f"state dict of the timm model of the same name (and in_chans=3 or 1).")
-    target.load_state_dict(load, strict=True)
-    return encoder
 
 
 def _same_param(value, default):
