@@ -422,6 +422,34 @@ def test_lbfgs_fit_folds_equals_sklearn_per_layer_and_fold():
                                    atol=2 * LBFGS_PROBA_ATOL)
 
 
+def test_lbfgs_heads_left_by_the_joint_solve_are_solved_alone():
+    """A joint solve stopped early (joint_max_iter=2) leaves heads above tol; each is
+    solved again alone, so every head still equals its own LogisticRegression fit."""
+    import warnings
+
+    from sklearn_endo.probes._lbfgs import train_heads_lbfgs
+
+    feats, y = _layered_data(n=61)
+    Xs = [v.astype(np.float64) for v in feats.values()]
+    folds = _fold_rows(61)[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConvergenceWarning: all heads converged
+        heads, _, n_iter = train_heads_lbfgs(Xs, y, 3, C=0.5, max_iter=1000, tol=1e-8,
+                                             device="cpu", folds=folds, joint_max_iter=2)
+    assert n_iter == 2
+    for f, rows in enumerate(folds):
+        for layer, X in enumerate(Xs):
+            ref = _reference_logistic(X[rows], y[rows], 0.5)
+            w, b = heads[f][layer]
+            logits = X @ w.T + b
+            proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+            proba /= proba.sum(axis=1, keepdims=True)
+            np.testing.assert_allclose(proba, ref.predict_proba(X), atol=LBFGS_PROBA_ATOL)
+    # the same joint solve without the second pass would be far off: it did stop early
+    with pytest.warns(Warning):
+        train_heads_lbfgs(Xs, y, 3, C=0.5, max_iter=2, tol=1e-8, device="cpu", folds=folds)
+
+
 def test_lbfgs_float32_features():
     """The store's float32 features (float32 matmuls) reach the default tol=1e-4 and
     the float64 solution within 1e-3; a tol they cannot reach warns and says why."""

@@ -14,8 +14,10 @@ minimiser is every head's own minimiser: the result is each head's fit, to the s
 tolerance (the heads share the line search, so the path differs from separate fits, not
 the optimum, and takes more iterations than the slowest head alone). The solver stops
 once the largest gradient entry of every head, in the standardized coordinates below,
-is at most ``tol`` (as scikit-learn's ``gtol``), and then checks each head: a head left
-above ``tol`` raises a ConvergenceWarning.
+is at most ``tol`` (as scikit-learn's ``gtol``), and then checks each head. The shared
+line search can stall on a mix of well and badly conditioned heads, so a head left
+above ``tol`` is solved again alone (as scikit-learn would fit it); only a head still
+above ``tol`` after that raises a ConvergenceWarning.
 
 Layout: features ``(n_layers, n_samples, d_max + 1)`` (zero-padded; the last column is 1
 so the bias is the last weight row), weights ``(n_layers, d_max + 1, n_folds * k)``, so a
@@ -39,7 +41,7 @@ HISTORY_SIZE = 10
 
 
 def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=None,
-                      verbose=False):
+                      verbose=False, joint_max_iter=None):
     """Fit one L2-penalised softmax head per (fold, feature matrix) with one L-BFGS.
 
     Args:
@@ -49,6 +51,9 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
         max_iter: L-BFGS iterations at most.
         tol: stop once every gradient entry is at most ``tol`` in absolute value.
         folds: None (all rows) or a list of int arrays of training rows (any sizes).
+        joint_max_iter: iterations of the joint solve (``max_iter`` if None). Heads it
+            leaves above ``tol`` are solved again one by one with ``max_iter``; only
+            heads still above ``tol`` then raise a ConvergenceWarning.
 
     Returns:
         heads[f][l] = (weight (n_classes, d_l), bias (n_classes,)) float64 arrays
@@ -56,6 +61,49 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
         curves[f] = the objective of fold f (summed over layers) at each function
         evaluation, and the number of L-BFGS iterations run.
     """
+    n_layers = len(Xs)
+    folds = [np.arange(Xs[0].shape[0])] if folds is None else [np.asarray(f) for f in folds]
+    n_folds = len(folds)
+    heads, curves, n_iter, worst, mm32 = _solve(
+        Xs, y_enc, n_classes, C=C, max_iter=max_iter if joint_max_iter is None
+        else joint_max_iter, tol=tol, device=device, folds=folds)
+    reached_max = n_iter >= (max_iter if joint_max_iter is None else joint_max_iter)
+    bad = list(zip(*np.nonzero(worst > tol)))
+    if bad and n_layers * n_folds > 1:
+        # The heads share the joint solve's line search, which may stall on a mix of
+        # badly and well conditioned heads; a head left unconverged is solved again
+        # alone, as LogisticRegression would, so that no head is worse than its own fit.
+        reached_max = False
+        for layer, f in bad:
+            sub, _, sub_iter, sub_worst, _ = _solve(
+                [Xs[layer]], y_enc, n_classes, C=C, max_iter=max_iter, tol=tol,
+                device=device, folds=[folds[f]])
+            heads[f][layer] = sub[0][0]
+            worst[layer, f] = sub_worst[0, 0]
+            reached_max |= sub_iter >= max_iter
+        if verbose:
+            print(f"[lbfgs] {len(bad)} head(s) left by the joint solve were solved alone")
+    if (worst > tol).any():
+        hint = (" Pass float64 features for tol below ~1e-5 (the matmuls run in the "
+                "features' float32)." if mm32 else "")
+        n_bad = int((worst > tol).sum())
+        why = (f"reached max_iter={max_iter}" if reached_max else
+               "stopped, the line search making no more progress at this precision")
+        warnings.warn(
+            f"solver='lbfgs' did not converge for {n_bad} of {n_layers * n_folds} heads: "
+            f"largest gradient entry {worst.max():.2e} > tol={tol}; L-BFGS {why}. "
+            f"Increase max_iter, raise tol, lower C or pass standardize=True.{hint}",
+            ConvergenceWarning, stacklevel=4)
+    if verbose:
+        print(f"[lbfgs, {n_layers * n_folds} heads] {n_iter} joint iterations, "
+              f"largest gradient entry {worst.max():.2e}")
+    return heads, curves, n_iter
+
+
+def _solve(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds):
+    """One joint L-BFGS over all heads; see :func:`train_heads_lbfgs`. Also returns each
+    head's largest gradient entry ``worst[layer, fold]`` and whether matmuls ran in
+    float32."""
     n_layers, n_samples = len(Xs), Xs[0].shape[0]
     folds = [np.arange(n_samples)] if folds is None else [np.asarray(f) for f in folds]
     n_folds = len(folds)
@@ -150,22 +198,6 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
                          "very large values: pass standardize=True or lower C.")
     worst = grad_theta.abs().view(n_layers, width, n_folds, k_free).amax(dim=(1, 3))
     worst = worst.cpu().numpy()  # (L, F)
-    if (worst > tol).any():
-        hint = (" Pass float64 features for tol below ~1e-5 (the matmuls run in the "
-                "features' float32)." if mm_dtype == torch.float32 else "")
-        n_bad = int((worst > tol).sum())
-        why = (f"reached max_iter={max_iter}" if n_iter >= max_iter else
-               f"stopped after {n_iter} iterations, the line search making no more "
-               "progress at this precision")
-        warnings.warn(
-            f"solver='lbfgs' did not converge for {n_bad} of {n_layers * n_folds} heads: "
-            f"largest gradient entry {worst.max():.2e} > tol={tol}; L-BFGS {why}. "
-            f"Increase max_iter, raise tol, lower C or pass standardize=True.{hint}",
-            ConvergenceWarning, stacklevel=4)
-    if verbose:
-        print(f"[lbfgs, {n_layers * n_folds} heads] {n_iter} iterations, "
-              f"{len(curve)} evaluations, objective {float(per_head.sum()):.6f}, "
-              f"largest gradient entry {worst.max():.2e}")
 
     theta_np = theta.cpu().numpy().reshape(n_layers, width, n_folds, k_free)
     coef = theta_np[:, :d_max] / scale[:, :, None, None]  # back to the input features
@@ -181,4 +213,5 @@ def train_heads_lbfgs(Xs, y_enc, n_classes, *, C, max_iter, tol, device, folds=N
             fold_heads.append((w[:, : dims[layer]].copy(), w[:, d_max].copy()))
         heads.append(fold_heads)
     curves = torch.stack(curve).numpy() if curve else np.zeros((0, n_folds))
-    return heads, [curves[:, f].tolist() for f in range(n_folds)], n_iter
+    return (heads, [curves[:, f].tolist() for f in range(n_folds)], n_iter, worst,
+            mm_dtype == torch.float32)
