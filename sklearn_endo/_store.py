@@ -62,7 +62,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._claims import Claims, claims_enabled, remove_orphan_claim
+from ._claims import Claims, _pid_alive, claims_enabled, remove_orphan_claim
 
 __all__ = ["FeatureStore", "FeatureStoreWarning", "get_store", "clear_feature_store"]
 
@@ -417,15 +417,7 @@ def _writer_is_gone(name):
     if len(parts) < 5 or parts[-4] != _HOST or not parts[-3].isdigit():
         return False
     pid = int(parts[-3])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists but belongs to someone else
-        return False
-    return False
+    return pid != os.getpid() and not _pid_alive(pid)
 
 
 def _layout_digest(namespace, layout):
