@@ -48,12 +48,27 @@ def _counts(path):
     return out
 
 
-def _warm_worker():
+def _warm_worker(delay=0.0):
     import timm  # noqa: F401
 
     import sklearn_endo  # noqa: F401
 
+    time.sleep(delay)
     return os.getpid()
+
+
+def _start_two_workers(timeout_s=180.0):
+    """Pids of joblib's two loky workers, once both have started and imported.
+
+    One worker may take every task while the other is still importing torch (tens of
+    seconds on a loaded machine), so rounds of slow tasks are dispatched until both
+    have answered.
+    """
+    seen, start = set(), time.monotonic()
+    while len(seen) < 2 and time.monotonic() - start < timeout_s:
+        seen |= set(joblib.Parallel(n_jobs=2)(joblib.delayed(_warm_worker)(0.5)
+                                              for _ in range(4)))
+    return seen
 
 
 def _claim_paths(store):
@@ -100,8 +115,7 @@ def test_grid_search_n_jobs_2_on_a_cold_store_encodes_each_image_once(images, ti
 
     one = GridSearchCV(pipe("memory"), grid, n_jobs=1, **kw).fit(X, y)
     # start both workers first, so that both meet the cold store at once
-    assert len(set(joblib.Parallel(n_jobs=2)(joblib.delayed(_warm_worker)()
-                                             for _ in range(4)))) == 2
+    assert len(_start_two_workers()) == 2
     # a slow forward (0.3 s per batch of 4): without claims both workers encode
     # (measured: 32 images for 20); with them, each image once in all
     log = tmp_path / "encoded.txt"
