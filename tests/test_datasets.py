@@ -208,3 +208,30 @@ def test_load_mask_reads_zero_one_png_as_is(tmp_path):
     arr[1:4, 2:5] = 1
     Image.fromarray(arr).save(tmp_path / "m.png")
     np.testing.assert_array_equal(load_mask(tmp_path / "m.png"), arr.astype(bool))
+
+
+def test_symlinked_class_folders_and_files_are_followed_without_looping(tmp_path):
+    from sklearn_endo.datasets import load_unlabeled_folder
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for cls in ("a", "b"):
+        for i in range(2):
+            _write(data / cls / f"{i}.jpg")
+    for i in range(3):
+        _write(elsewhere / "c" / f"{i}.jpg")
+    _write(elsewhere / "lone.png")
+    (data / "c").symlink_to(elsewhere / "c")  # a class folder kept on another disk
+    (data / "a" / "linked.png").symlink_to(elsewhere / "lone.png")  # a linked file
+    (data / "b" / "loop").symlink_to(data)  # a link back up: must not loop
+    bunch = load_image_folder(data)
+    assert bunch.target_names == ["a", "b", "c"]
+    assert np.bincount(bunch.target).tolist() == [3, 2, 3]
+    assert str(data / "c" / "0.jpg") in bunch.filenames  # the path as the user sees it
+    assert str(data / "a" / "linked.png") in bunch.filenames
+    X = load_unlabeled_folder(data)
+    assert len(X) == 8 and str(data / "c" / "2.jpg") in X
+    # a link whose target is gone is named, not dropped
+    (data / "b" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    for load in (load_image_folder, load_unlabeled_folder):
+        with pytest.raises(ValueError, match="gone.jpg.*does not exist"):
+            load(data)

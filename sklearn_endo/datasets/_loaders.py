@@ -36,9 +36,44 @@ def normalize_extensions(extensions):
 
 
 def _images_in(folder, extensions):
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in extensions
-                  and not p.name.startswith("."))
+    """Image files directly in ``folder``; symlinked files count as the files they name.
+
+    A link whose target is missing is an error naming the link, not a silent drop.
+    """
+    found = []
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in extensions:
+            continue
+        if p.is_file():  # follows links
+            found.append(p)
+        elif p.is_symlink() and not p.exists():
+            raise ValueError(f"{os.fspath(p)!r} is a symbolic link to "
+                             f"{os.readlink(p)!r}, which does not exist; fix or remove "
+                             f"the link.")
+    return sorted(found)
+
+
+def walk_folders(root):
+    """``os.walk(root)`` that follows symbolic links to folders, without looping.
+
+    A linked folder (``data/c -> /elsewhere/c``) is walked like a real one; a link back
+    to a folder that encloses it (a loop) is skipped, as ``find -L`` does. Folders whose
+    names start with ``"."`` are not entered. Subfolders are walked in sorted order.
+    """
+    chains = {os.fspath(root): (os.path.realpath(root),)}
+    for folder, subdirs, files in os.walk(root, followlinks=True):
+        chain = chains.pop(folder, (os.path.realpath(folder),))
+        keep = []
+        for d in sorted(subdirs):
+            if d.startswith("."):  # .ipynb_checkpoints, .cache: copies, not classes
+                continue
+            real = os.path.realpath(os.path.join(folder, d))
+            if real in chain:  # a link to an enclosing folder: a loop
+                continue
+            chains[os.path.join(folder, d)] = chain + (real,)
+            keep.append(d)
+        subdirs[:] = keep
+        yield folder, subdirs, files
 
 
 def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
@@ -49,7 +84,10 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     ``labeled-images/<region>/<category>/<finding>/*.jpg`` (the class is the leaf
     folder, e.g. ``"z-line"``) both work. Leaf names must be unique across the tree.
     Images lying directly in ``path`` and folders whose names start with ``"."`` are
-    not read. Fewer than two class folders is an error rather than a warning: it almost
+    not read. Symbolic links are followed: a linked class folder
+    (``data/c -> /elsewhere/c``) is a class like any other, a linked file an image
+    (its path is the link's), and a link back to an enclosing folder is skipped; a
+    link to a missing file is an error naming it. Fewer than two class folders is an error rather than a warning: it almost
     always means ``path`` points one level too deep, and a classifier cannot be fitted.
     Images are not decoded here: estimators read the paths lazily, batch by batch.
 
@@ -79,9 +117,7 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     root = _check_dir(path)
     extensions = normalize_extensions(extensions)
     by_class = {}
-    for folder, subdirs, _ in os.walk(root):
-        # hidden folders (.ipynb_checkpoints, .cache) hold copies, not classes
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    for folder, _, _ in walk_folders(root):
         folder = Path(folder)
         if folder == root:
             continue

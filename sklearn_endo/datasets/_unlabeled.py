@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._loaders import IMAGE_EXTENSIONS, normalize_extensions
+from ._loaders import IMAGE_EXTENSIONS, _images_in, normalize_extensions, walk_folders
 
 __all__ = ["load_unlabeled_folder"]
 
@@ -18,7 +18,9 @@ def load_unlabeled_folder(path, *, extensions=IMAGE_EXTENSIONS):
     For self-supervised pretraining
     (:class:`~sklearn_endo.ssl.SelfSupervisedPretrainer`) on folders such as
     HyperKvasir's ``unlabeled-images/images/*.jpg``. Files and folders whose names
-    start with ``"."`` (``.ipynb_checkpoints``, ``.cache``) are skipped. Images are not
+    start with ``"."`` (``.ipynb_checkpoints``, ``.cache``) are skipped. Symbolic
+    links to folders and files are followed (a link back to an enclosing folder is
+    skipped, a link to a missing file is an error naming it). Images are not
     decoded here: estimators read the paths lazily, batch by batch.
 
     Parameters
@@ -45,10 +47,8 @@ def load_unlabeled_folder(path, *, extensions=IMAGE_EXTENSIONS):
                          f"folder of the unlabelled images.")
     extensions = normalize_extensions(extensions)
     found = []
-    for folder, subdirs, files in os.walk(path):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        found += [str(Path(folder) / f) for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in extensions]
+    for folder, _, _ in walk_folders(path):
+        found += [str(p) for p in _images_in(Path(folder), extensions)]
     if not found:
         raise ValueError(f"No images with suffixes {extensions} found under "
                          f"path={os.fspath(path)!r} (searched every subfolder).")
