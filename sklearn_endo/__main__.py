@@ -196,7 +196,11 @@ def _print_table(res, names, layers):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "sweep":
-        return sweep_main(argv[1:])
+        try:
+            return sweep_main(argv[1:])
+        except KeyboardInterrupt:  # one line, not torch's 60-line traceback
+            print(_interrupted_line(), file=sys.stderr, flush=True)
+            return 130  # 128 + SIGINT, as shells report it
     if argv and not argv[0].startswith("-"):
         _parser().error(f"unknown command {argv[0]!r}: use 'sweep DATA_DIR' for your own "
                         f"images, or no command for the synthetic demo")
@@ -386,11 +390,33 @@ def _one_line(message):
     return " ".join(str(message).split())
 
 
+_RUN = {}  # what an interrupted sweep can report: its store and namespace folder
+
+
+def _interrupted_line():
+    """What a Ctrl-C leaves behind, and how to resume, in one line."""
+    store, folder = _RUN.get("store"), _RUN.get("namespace_dir")
+    kept = 0
+    if folder is not None:
+        kept = sum(name.endswith(".npy") for _, _, files in os.walk(folder)
+                   for name in files)
+    # after a progress bar, start on a line of its own
+    lead = "" if _RUN.get("quiet", True) else "\n"
+    if not kept:
+        return (f"{lead}{SWEEP_PROG}: interrupted before any features were stored; run "
+                f"the same command again to start over.")
+    return (f"{lead}{SWEEP_PROG}: interrupted; the features of {kept} images are kept in "
+            f"the feature store {store}: run the same command again to resume (stored "
+            f"images are read, not encoded).")
+
+
 def sweep_main(argv):
     """``python -m sklearn_endo sweep DATA_DIR [options]``; returns the exit status."""
     ap = _sweep_parser()
     args = ap.parse_args(argv)
     _check_sweep_args(ap, args)
+    _RUN.clear()
+    _RUN.update(store=args.store, quiet=args.quiet)
     started = time.perf_counter()
     from sklearn_endo import __version__
     from sklearn_endo._images import DecodeError
@@ -417,6 +443,8 @@ def sweep_main(argv):
         batch_size=args.batch_size, device=args.device, feature_store=args.store)
     if transformer is None:
         return _fail(_one_line(weights), SWEEP_PROG)
+    _RUN["namespace_dir"] = os.path.join(
+        args.store, transformer._namespace(transformer._get_handle()))
     n_layers, names = transformer.n_layers_, transformer.layer_names_
     layers, problem = _resolve_layers(args.layers, n_layers, args.encoder)
     if problem:

@@ -337,3 +337,38 @@ def test_sweep_shows_progress_by_default(tmp_path, capsys, monkeypatch):
     search = [kw for kw in made if kw.get("desc") == "GridSearchCV fits"]
     assert len(search) == 1 and search[0]["total"] == 2 * 2 and not search[0]["disable"]
     assert len(made) >= 2  # and the encoder pass's bar
+
+
+def test_ctrl_c_during_sweep_prints_one_line_and_the_rerun_resumes(tmp_path, capsys,
+                                                                   monkeypatch, counter):
+    from sklearn_endo import _store, clear_feature_store
+
+    data = _write_tree(tmp_path / "data")
+    store = tmp_path / "store"
+    argv = ["sweep", str(data), *SWEEP, "--cv", "2", "--layers", "2", "--batch-size", "4",
+            "--store", str(store), "--out", str(tmp_path / "out")]
+    put, calls = _store.FeatureStore.put, []
+
+    def put_then_ctrl_c(self, *args, **kwargs):  # Ctrl-C after the 2nd batch is stored
+        put(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_store.FeatureStore, "put", put_then_ctrl_c)
+    try:
+        code = cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command line as a traceback")
+    assert code == 130
+    _, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f"python -m sklearn_endo sweep: interrupted; the features of 8 images are kept in "
+        f"the feature store {store}: run the same command again to resume (stored images "
+        f"are read, not encoded)."]
+    assert len(list(store.rglob("*.npy"))) == 8 and not list(store.rglob("*.claim"))
+    monkeypatch.setattr(_store.FeatureStore, "put", put)
+    clear_feature_store()
+    seen = counter(_encoder_module())
+    assert cli.main(argv) == 0
+    assert seen.images == 4  # only what the interrupted run had not stored
