@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ._blocks import find_blocks, probe_formats
+from ._device import normalize_device, same_device
 from ._pretrained import WeightsUnavailableError, create_named, load_checkpoint
 from ._weights import _weights_signature, weights_fingerprint
 
@@ -52,13 +53,18 @@ __all__ = ["WeightsUnavailableError", "load_checkpoint", "resolve_encoder", "res
 
 
 def resolve_device(device):
-    """'auto' -> cuda, mps or cpu; otherwise ``torch.device(device)``, checked to exist."""
+    """'auto' -> cuda, mps or cpu; otherwise ``torch.device(device)``, checked to exist.
+
+    The device comes back normalised (``cuda`` -> ``cuda:<current>``, see
+    :func:`sklearn_endo._device.normalize_device`), so that it compares equal to the
+    device of the tensors on it.
+    """
     mps = getattr(torch.backends, "mps", None)
     mps_ok = mps is not None and mps.is_available()
     if device is None or device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if mps_ok else torch.device("cpu")
+            return normalize_device("cuda")
+        return normalize_device("mps" if mps_ok else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -85,7 +91,7 @@ def resolve_device(device):
             f"(torch.backends.mps.is_available() is False); use device='auto' (the best "
             f"device present) or device='cpu'."
         )
-    return dev
+    return normalize_device(dev)
 
 
 @dataclass
@@ -105,6 +111,7 @@ class EncoderHandle:
     blocks: list  # [(dotted name, module)] in forward order
     output_fmt: str = "NCHW"  # of 4-D block outputs
     num_prefix_tokens: int = 0  # class/register tokens of 3-D block outputs
+    has_class_token: bool = False  # token 0 is a class token (not a register token)
     final_norm: nn.Module | None = None
     block_formats: list = field(default_factory=list)
     source: nn.Module | None = field(default=None, repr=False)  # user module copied here
@@ -164,7 +171,8 @@ class EncoderHandle:
                     self.module.load_state_dict(self.source.state_dict())
             if structure_changed:
                 fresh = _make_handle(self.module, self.name, self._size, source=self.source)
-                for f in ("blocks", "output_fmt", "num_prefix_tokens", "final_norm",
+                for f in ("blocks", "output_fmt", "num_prefix_tokens", "has_class_token",
+                          "final_norm",
                           "block_formats", "data_config"):
                     setattr(self, f, getattr(fresh, f))
             self.fingerprint = weights_fingerprint(self.module)
@@ -276,6 +284,7 @@ def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=
         if hit is not None and not hit[0].refresh():
             return hit[0]
         module = create_named(encoder, pretrained, ckpt and ckpt[0], size)
+        module.eval()  # frozen: encoder_ hands it out with drop path and dropout off
         handle = _make_handle(module.to(device), encoder, size)
         handle.exposed = False  # only the registry holds it until encoder_ hands it out
         _remember(_REGISTRY, _REGISTRY_SIZE, key, (handle, ()))
@@ -292,6 +301,7 @@ def resolve_encoder(encoder, *, pretrained=True, checkpoint_path=None, img_size=
                 f"encoder is a callable that returned {type(module).__name__}; it must "
                 f"return a torch.nn.Module."
             )
+        module.eval()  # the registry's own module (frozen): no drop path or dropout
         handle = _make_handle(module.to(device), getattr(encoder, "__name__", "callable"),
                               size)
         _remember(_REGISTRY, _REGISTRY_SIZE, key, (handle, refs))
@@ -332,7 +342,7 @@ def _handle_for_module(module, size, device):
         return handle
     target = module
     params = list(module.parameters())
-    if params and params[0].device != device:
+    if params and not same_device(params[0].device, device):
         target = copy.deepcopy(module).to(device)  # never move the user's module
     handle = _make_handle(target, type(module).__name__, size,
                           source=module if target is not module else None)
@@ -377,12 +387,40 @@ def _make_handle(module, name, size, source=None):
         blocks=blocks,
         output_fmt=output_fmt,
         num_prefix_tokens=int(getattr(module, "num_prefix_tokens", 0) or 0),
+        has_class_token=_has_class_token(module),
         final_norm=norm,
         block_formats=formats,
         source=source,
         _signature=_weights_signature(source if source is not None else module),
         _size=size,
     )
+
+
+def no_class_token_message(pooling, handle):
+    """The error for ``pooling`` with "cls" on an encoder without a class token."""
+    what = "has no class token"
+    if handle.num_prefix_tokens:
+        what += (f": its {handle.num_prefix_tokens} prefix token(s) are register tokens "
+                 f"(e.g. a ViT with class_token=False and reg_tokens), and token 0 is not a "
+                 f"class token")
+    return (f"pooling={pooling!r} needs a class token, but encoder {handle.name!r} {what}; "
+            f"use pooling='mean' or 'max'.")
+
+
+def _has_class_token(module):
+    """Whether token 0 of the module's token outputs is a class token.
+
+    timm ViTs say so (``has_class_token``; ``class_token=False`` with register tokens
+    still has prefix tokens, all of them registers); other models have a ``cls_token``
+    attribute, set or None; failing both, prefix tokens beyond the register tokens.
+    """
+    flag = getattr(module, "has_class_token", None)
+    if flag is not None:
+        return bool(flag)
+    if hasattr(module, "cls_token"):
+        return module.cls_token is not None
+    prefix = int(getattr(module, "num_prefix_tokens", 0) or 0)
+    return prefix > int(getattr(module, "num_reg_tokens", 0) or 0)
 
 
 def _check_patch_size(module, name, size):

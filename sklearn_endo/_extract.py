@@ -21,6 +21,7 @@ import ctypes.util
 import numpy as np
 import torch
 
+from ._device import autocast_context, autocast_dtype
 from ._images import make_loader
 
 BASE_POOLINGS = ("mean", "max", "cls")
@@ -45,7 +46,7 @@ def pool_output(x, handle, final_norm):
         npt = handle.num_prefix_tokens if handle.num_prefix_tokens < x.shape[1] else 0
         patches = x[:, npt:]
         out = {"mean": patches.mean(1), "max": patches.amax(1)}
-        if npt > 0:
+        if npt > 0 and handle.has_class_token:  # not a register token (class_token=False)
             out["cls"] = x[:, 0].clone()  # a view would keep the (B, N, C) map alive
         return out
     if x.ndim == 4:
@@ -157,20 +158,6 @@ def progress_bar(total, desc, verbose):
                 dynamic_ncols=True)
 
 
-def autocast_dtype(device, amp):
-    """The autocast dtype a pass on ``device`` uses, or None when it runs in float32."""
-    if amp and device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
-def _autocast(device, amp):
-    dtype = autocast_dtype(device, amp)
-    if dtype is not None:
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_early=True,
                  batch_size=32, amp=True, num_workers="auto", crop_pct=None,
                  verbose=False):
@@ -189,6 +176,7 @@ def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_earl
     loader = make_loader(images, indices, cfg["input_size"], batch_size=batch_size,
                          num_workers=num_workers, interpolation=cfg["interpolation"],
                          crop_pct=crop_pct, pin_memory=device.type == "cuda")
+    amp_dtype = autocast_dtype(device, amp)
     bar = progress_bar(len(indices), f"{handle.name} features", verbose)
     layers = sorted(set(layers))
     stop_at = layers[-1] if stop_early and layers[-1] < handle.n_layers else None
@@ -199,7 +187,7 @@ def iter_extract(handle, images, indices, *, layers, final_norm=False, stop_earl
         module.eval()
         try:
             for batch in loader:
-                with torch.inference_mode(), _autocast(device, amp):
+                with torch.inference_mode(), autocast_context(device, amp_dtype):
                     batch = batch.to(device, non_blocking=True)
                     batch = (batch - mean) / std
                     sink = {}

@@ -4,7 +4,7 @@ The encoder is frozen, so the pooled features of an image depend only on (weight
 preprocessing, pooling, image). One forward pass captures all layers; the store keeps a
 small float32 vector per image (all layers, all poolings) under
 
-    namespace = fingerprint(weights, preprocessing, final norm[, autocast dtype])
+    namespace = fingerprint(weights, preprocessing, final norm[, numeric mode])
     key       = hash(image bytes or file content)
 
 so that every later GridSearchCV candidate and fold is a lookup. In memory it is an LRU

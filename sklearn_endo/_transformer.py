@@ -14,9 +14,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._claims import Poll
 from ._columns import Columns
-from ._encoders import resolve_device, resolve_encoder
+from ._device import numeric_mode
+from ._encoders import no_class_token_message, resolve_device, resolve_encoder
 from ._extract import (
-    autocast_dtype,
     extract,
     iter_extract,
     layout_of,
@@ -84,9 +84,11 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` picks cuda, then mps, then cpu.
     amp : bool, default=True
-        Mixed precision (bfloat16 or float16 autocast) on CUDA; ignored on CPU. On CUDA
-        the autocast dtype is part of the feature-store key, so features computed with
-        and without it never share entries (on CPU the key does not depend on ``amp``).
+        Mixed precision on CUDA: bfloat16 autocast on GPUs of compute capability 8.0
+        and up, float16 on 7.x, float32 below; ignored on CPU and MPS (float32). The
+        feature-store key holds the device type and this numeric mode (autocast dtype,
+        TF32 on or off), so features computed on the CPU, on CUDA with and without
+        autocast never share entries (on CPU the key does not depend on ``amp``).
     num_workers : int or "auto", default="auto"
         DataLoader workers that decode image files while the encoder runs; ``"auto"``
         uses up to 4 for file paths and 0 for in-memory images.
@@ -282,9 +284,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         if self.final_norm and handle.final_norm is None:
             raise ValueError(f"final_norm=True, but encoder {handle.name!r} has no final "
                              f"norm; use final_norm=False.")
-        if "cls" in self.pooling and handle.num_prefix_tokens == 0:
-            raise ValueError(f"pooling={self.pooling!r} needs a class token, which encoder "
-                             f"{handle.name!r} does not have; use pooling='mean' or 'max'.")
+        if "cls" in self.pooling and not handle.has_class_token:
+            raise ValueError(no_class_token_message(self.pooling, handle))
         self.n_layers_ = handle.n_layers
         self.layer_names_ = handle.layer_names
         self.layers_ = self._normalize_layers(handle.n_layers)
@@ -360,9 +361,9 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         spec = {"weights": handle.fingerprint, "blocks": handle.layer_names,
                 "data": handle.data_config, "crop_pct": self.crop_pct,
                 "final_norm": bool(self.final_norm), "v": 1}
-        amp_dtype = autocast_dtype(next(handle.module.parameters()).device, self.amp)
-        if amp_dtype is not None:  # CPU keys stay as they were: old stores stay valid
-            spec["amp"] = str(amp_dtype)
+        mode = numeric_mode(next(handle.module.parameters()).device, self.amp)
+        if mode is not None:  # the CPU in float32: keys as they were, old stores valid
+            spec["numeric"] = mode
         return hashlib.blake2b(json.dumps(spec, sort_keys=True, default=str).encode(),
                                digest_size=16).hexdigest()
 
@@ -563,6 +564,6 @@ def _layout_problem(layout, handle, namespace):
         items = {p: d for l2, p, d in layout if l2 == la}
         if not {"mean", "max"} <= set(items) or len(set(items.values())) != 1:
             return f"layer {la} does not have one width for mean and max pooling"
-        if "cls" in items and handle.num_prefix_tokens == 0:
+        if "cls" in items and not handle.has_class_token:
             return f"layer {la} has a class token but the encoder has none"
     return None

@@ -20,7 +20,7 @@ from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, Prin
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-from .._encoders import resolve_device, resolve_encoder
+from .._encoders import no_class_token_message, resolve_device, resolve_encoder
 from .._images import check_images, load_image, resize_image
 from .._iterators import skorch_image_iterator
 from ._augment import AUGMENTS, make_augment
@@ -468,9 +468,8 @@ class FineTuneClassifier(StoredFeaturesMixin, ClassifierMixin, NeuralNet):
         self._check_params()
         self._handle_ = None
         handle = self._get_handle()
-        if "cls" in self.pooling and self.head == "linear" and handle.num_prefix_tokens == 0:
-            raise ValueError(f"pooling={self.pooling!r} needs a class token, which encoder "
-                             f"{handle.name!r} does not have; use pooling='mean' or 'max'.")
+        if "cls" in self.pooling and self.head == "linear" and not handle.has_class_token:
+            raise ValueError(no_class_token_message(self.pooling, handle))
         self.n_layers_ = handle.n_layers
         self.layer_ = self._resolve_layer(handle.n_layers)
         self.freeze_ = self._resolve_freeze(self.layer_)

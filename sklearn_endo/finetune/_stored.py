@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import torch
 
+from .._device import numeric_mode
 from .._images import image_hashes, make_loader
 from .._store import get_store
 from ._tokens import TOKENS
@@ -123,12 +124,18 @@ class StoredFeaturesMixin:
         handle = self._get_handle()
         spec = (handle.fingerprint, self.input_size_, self._interp(),
                 self.module_.num_prefix_tokens) + kind
+        # the frozen part runs in float32 (no autocast) on the network's device: rows
+        # from a GPU (TF32 convolutions by default) never share the CPU's namespace
+        mode = numeric_mode(next(self.module_.parameters()).device, amp=False)
+        if mode is not None:  # the CPU in float32: keys as they were
+            spec += (tuple(sorted(mode.items())),)
         return hashlib.blake2b(repr(spec).encode(), digest_size=16).hexdigest()
 
     def _pooled_layout(self):
         """[(layer, pooling, dim)] of a stored row: every pooling of the cut's output."""
         shape, npt = self._cut_shapes_["raw"], self.module_.num_prefix_tokens
-        names = ["mean", "max"] + (["cls"] if len(shape) == 2 and npt > 0 else [])
+        cls = len(shape) == 2 and npt > 0 and self._get_handle().has_class_token
+        names = ["mean", "max"] + (["cls"] if cls else [])
         dim = shape[-1] if len(shape) == 2 else shape[0]
         return [(self.layer_, name, int(dim)) for name in names]
 

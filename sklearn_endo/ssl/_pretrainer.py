@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .._device import autocast_context, autocast_dtype, needs_grad_scaler
 from .._encoders import resolve_device, resolve_encoder
 from .._images import check_images, load_image, make_loader, resize_image
 from ._augment import MultiCrop, make_local_views, make_views
@@ -443,8 +444,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         with _forked_rng(seed):
             module = self._build(encoder, dim, handle.name).to(device)
         optimizer = self._optimizer(module)
-        amp_dtype = _amp_dtype(device) if self.amp else None
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+        amp_dtype = autocast_dtype(device, self.amp)
+        scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp_dtype))
         from skorch.history import History
 
         history = History()
@@ -537,8 +538,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                 views = views.to(device, non_blocking=True)
                 views = (views - state["mean"]) / state["std"]
             progress = step / max(1, state["total"])
-            with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                  else contextlib.nullcontext()):
+            with autocast_context(device, amp_dtype):
                 loss = module(views, progress)
             scaler.scale(loss / self.accumulate).backward()
             total_loss += loss.detach().float()
@@ -670,8 +670,3 @@ def _forked_rng(seed):
         torch.manual_seed(seed)
         yield
 
-
-def _amp_dtype(device):
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
