@@ -45,6 +45,14 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def amp_context(device, amp=True):
+    """The package's autocast for ``device`` (``sklearn_endo._device``): what a plain
+    loop runs under to be compared with an estimator that has ``amp=True``."""
+    from sklearn_endo._device import autocast_context, autocast_dtype
+
+    return autocast_context(device, autocast_dtype(device, amp))
+
+
 def timed(device, fn):
     """(seconds, result) of ``fn()``, the device synchronised before and after."""
     sync(device)
@@ -74,12 +82,15 @@ def peak_cuda_memory(device, record):
 
 def describe(device, extraction=True):
     """One line naming the device (and, for extraction, what AMP / channels-last do)."""
-    device = torch.device(device)
+    from sklearn_endo._device import autocast_dtype, dtype_name, normalize_device
+
+    device = normalize_device(device)
     if device.type == "cuda":
         name = f"device {device} ({torch.cuda.get_device_name(device)})"
-        amp = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return (f"{name}; extraction with AMP ({amp} autocast) and channels-last where "
-                "stated" if extraction else name)
+        amp = dtype_name(autocast_dtype(device)) or "no"
+        return (f"{name}; extraction with AMP ({amp} autocast, the package's choice for "
+                "this GPU) where stated, on both sides of every ratio" if extraction
+                else name)
     name = f"device cpu, {torch.get_num_threads()} torch threads"
     return (f"{name}; AMP and channels-last are off on the CPU (the package's autocast "
             "is CUDA-only), so the 'AMP + channels-last' rows are not run"

@@ -4,9 +4,11 @@ Prints, for one encoder and dataset size (all figures measured side by side in o
 
 (a) one-pass extraction of every layer against a hand-written timm loop over the same
     batches (same decoding and resizing, plain ``model(x)``), and against the bare
-    forward of already-preprocessed tensors, in images/s; on CUDA also both with AMP
-    (the package's autocast dtype) and a channels-last copy of the encoder, against
-    the plain float32 loop (on the CPU AMP and channels-last are off);
+    forward of already-preprocessed tensors, in images/s. Both sides run under the same
+    autocast: the package's choice for the device (``sklearn_endo._device``: bfloat16
+    on CUDA from compute capability 8.0, float16 on 7.x, none on the CPU), so each
+    ratio compares like with like; on CUDA also a float32 loop for reference and a
+    channels-last copy of the encoder on both sides (on the CPU channels-last is off);
 (b) a 5-fold GridSearchCV over every layer with the store against the same search
     without it: wall time, encoder passes per unique image, and the store sweep
     against one raw pass plus the probe fits alone;
@@ -25,7 +27,6 @@ Run: ``python benchmarks/bench_layer_sweep.py --encoder vit_small_patch16_224
 """
 
 import argparse
-import contextlib
 import copy
 import time
 import tracemalloc
@@ -39,7 +40,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 
 from sklearn_endo import LayerFeatureTransformer, clear_feature_store, layer_sweep
-from sklearn_endo._extract import autocast_dtype
+from sklearn_endo._device import autocast_context, autocast_dtype, dtype_name
 from sklearn_endo._images import check_images, make_loader
 from sklearn_endo.probes import MultiLayerLinearProbe, fit_folds
 
@@ -112,7 +113,7 @@ def main():
                                    device=str(device))
     base.fit(X)
     handle = base._get_handle()
-    model = handle.module
+    model = handle.module.eval()  # as the transformer runs it (no dropout, drop path)
     counter = Counter(model)
     n_layers = base.n_layers_
     print(f"encoder {args.encoder} ({n_layers} blocks, input {args.img_size}px), "
@@ -123,18 +124,18 @@ def main():
     cfg = handle.data_config
     mean = torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1)
     std = torch.tensor(cfg["std"], device=device).view(1, -1, 1, 1)
-    amp = autocast_dtype(device, True)  # None on the CPU
+    amp = autocast_dtype(device, True)  # what the transformer (amp=True) uses; None on CPU
+    precision = f"AMP {dtype_name(amp)}" if amp is not None else "float32"
 
     def loader():
         return make_loader(images, range(len(X)), cfg["input_size"],
                            batch_size=args.batch_size, interpolation=cfg["interpolation"],
                            pin_memory=device.type == "cuda")
 
-    def raw_loop(net=model, autocast=None, memory_format=torch.contiguous_format):
-        """What a user writes: decode, normalise, ``net(x)`` per batch."""
-        context = (torch.autocast(device.type, dtype=autocast) if autocast is not None
-                   else contextlib.nullcontext())
-        with torch.inference_mode(), context:
+    def raw_loop(net=model, autocast=amp, memory_format=torch.contiguous_format):
+        """What a user writes: decode, normalise, ``net(x)`` per batch, under the same
+        autocast as the transformer unless told otherwise."""
+        with torch.inference_mode(), autocast_context(device, autocast):
             for batch in loader():
                 batch = batch.to(device, non_blocking=True)
                 net(((batch - mean) / std).contiguous(memory_format=memory_format))
@@ -142,7 +143,7 @@ def main():
     tensors = [((b.to(device) - mean) / std) for b in loader()]
 
     def bare_forward():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(device, amp):
             for b in tensors:
                 model(b)
 
@@ -159,11 +160,11 @@ def main():
         t_bare = timed(bare_forward, args.repeat)[0]
         t_ours, _ = timed(ours, args.repeat)
         print("\n(a) one pass, every layer pooled (images/s, higher is better)")
-        print(f"  hand-written timm loop, float32 (same loading): {n / t_raw:8.1f} img/s "
+        print(f"  hand-written timm loop, {precision} (same loading): {n / t_raw:8.1f} img/s "
               f"({t_raw:.2f} s)")
-        print(f"  bare forward on ready tensors, float32:         {n / t_bare:8.1f} img/s")
-        print(f"  LayerFeatureTransformer, all layers, amp={'on' if amp else 'off'}:"
-              f"      {n / t_ours:8.1f} img/s")
+        print(f"  bare forward on ready tensors, {precision}:         {n / t_bare:8.1f} "
+              "img/s")
+        print(f"  LayerFeatureTransformer, all layers, {precision}:   {n / t_ours:8.1f} img/s")
         print(f"  ours vs timm loop: {t_ours / t_raw:.3f}x the time   vs bare forward: "
               f"{t_ours / t_bare:.3f}x   (target <= 1.10x)")
         channels_last = (args.channels_last == "on"
@@ -180,15 +181,19 @@ def main():
             t_raw_fast = timed(lambda: raw_loop(model_cl, amp, torch.channels_last),
                                args.repeat)[0]
             t_fast = timed(lambda: ours(fast), args.repeat)[0]
-            label = f"AMP {str(amp).replace('torch.', '')}" if amp else "no AMP (CPU)"
-            print(f"  timm loop, {label} + channels-last:           {n / t_raw_fast:8.1f} "
-                  f"img/s = {t_raw / t_raw_fast:.2f}x the float32 loop")
-            print(f"  LayerFeatureTransformer, {label} + channels-last: {n / t_fast:8.1f} "
-                  f"img/s = {t_raw / t_fast:.2f}x the float32 loop, {t_fast / t_raw_fast:.3f}x "
-                  "the time of the same-precision loop (target <= 1.10x)")
+            print(f"  timm loop, {precision} + channels-last:           "
+                  f"{n / t_raw_fast:8.1f} img/s = {t_raw / t_raw_fast:.2f}x the "
+                  f"{precision} loop")
+            print(f"  LayerFeatureTransformer, {precision} + channels-last: "
+                  f"{n / t_fast:8.1f} img/s, {t_fast / t_raw_fast:.3f}x the time of the "
+                  "same loop (target <= 1.10x)")
         else:
-            print("  AMP + channels-last rows: not run (off on the CPU; --channels-last on "
-                  "runs the channels-last rows here anyway)")
+            print("  channels-last rows: not run (off on the CPU; --channels-last on "
+                  "runs them here anyway)")
+        if amp is not None:  # what AMP itself buys, loop against loop
+            t_fp32 = timed(lambda: raw_loop(autocast=None), args.repeat)[0]
+            print(f"  timm loop, float32 (reference):               {n / t_fp32:8.1f} "
+                  f"img/s; {precision} is {t_fp32 / t_raw:.2f}x faster")
 
     # (b) ---------------------------------------------------------------- CV sweep
     if "b" in args.parts:

@@ -347,6 +347,10 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=DEPTH + 1, help=argparse.SUPPRESS)
     ap.add_argument("--store-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _device import check_device  # the shared check: refuses what cannot run here
+
+    args.device = str(check_device(ap, args.device))
     if args.quick and args.n_images == STUDY_IMAGES:
         args.n_images = 1000
     if args.child:
