@@ -293,11 +293,13 @@ def main():
         quiet = copy.copy(base)
         quiet.verbose = False
         probes = {  # label: (probe, probe_params); the torch probes train on --device
-            "batched-linear adam": ("batched-linear", {"max_epochs": args.probe_epochs,
+            "batched-linear adam": ("batched-linear", {"solver": "adam",
+                                                       "max_epochs": args.probe_epochs,
                                                        "device": str(device)}),
             # max_iter as the "logistic" probe's: the joint solve of all layers needs
             # more iterations than one head (see docs/evaluation.md)
             "batched-linear lbfgs": ("batched-linear", {"solver": "lbfgs",
+                                                        "standardize": False,
                                                         "max_iter": 1000,
                                                         "device": str(device)}),
             "logistic": ("logistic", None),

@@ -64,8 +64,8 @@ def main():
              .astype(np.float32) for la in range(args.layers)]
     cv = StratifiedKFold(args.folds, shuffle=True, random_state=0)
     trains = [train for train, _ in cv.split(feats[0], y)]
-    params = dict(max_epochs=args.epochs, random_state=0, device=str(device))
-    lbfgs = dict(solver="lbfgs", C=1.0, device=str(device))
+    params = dict(solver="adam", max_epochs=args.epochs, random_state=0, device=str(device))
+    lbfgs = dict(solver="lbfgs", C=1.0, standardize=False, device=str(device))
 
     def folds_batched(fs):
         fit_folds(MultiLayerLinearProbe(**params), fs, y, trains)
@@ -81,7 +81,8 @@ def main():
 
     def sweep(fs, probe_params=None):
         layer_sweep_from_features(dict(enumerate(fs)), y, probe="batched-linear",
-                                  probe_params=probe_params or {"max_epochs": args.epochs,
+                                  probe_params=probe_params or {"solver": "adam",
+                                                                "max_epochs": args.epochs,
                                                                 "device": str(device)},
                                   cv=cv, random_state=0, verbose=0)
 

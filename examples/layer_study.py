@@ -96,10 +96,8 @@ def main():
 
     # 1. every layer, one encoder pass, all probes trained together -------------------
     cv = StratifiedKFold(5, shuffle=True, random_state=args.random_state)
-    probe_params = {"lr": 1e-3, "max_epochs": 30, "standardize": True} \
-        if args.probe == "batched-linear" else None
-    sweep = layer_sweep(X, y, transformer, probe=args.probe, probe_params=probe_params,
-                        cv=cv, random_state=args.random_state)
+    sweep = layer_sweep(X, y, transformer, probe=args.probe, cv=cv,
+                        random_state=args.random_state)
     print(f"\n{'layer':>5}  {'accuracy':>13}  {'macro-F1':>13}  {'log-loss':>13}")
     for i, layer in enumerate(sweep.layers):
         print(f"{layer:>5}  " + "  ".join(

@@ -59,8 +59,8 @@ def embeddings(encoder, X, **kw):
 
 def probes(F_train, y_train, F_test, y_test):
     knn = KNNProbeClassifier(n_neighbors=20).fit(F_train, y_train)
-    lin = LinearProbeClassifier(lr=1e-3, max_epochs=100, batch_size=16, standardize=True,
-                                random_state=0).fit(F_train, y_train)
+    lin = LinearProbeClassifier(solver="adam", lr=1e-3, max_epochs=100, batch_size=16,
+                                standardize=True, random_state=0).fit(F_train, y_train)
     return accuracy_ci(y_test, knn.predict(F_test)), accuracy_ci(y_test, lin.predict(F_test))
 
 

@@ -235,11 +235,11 @@ def _make_probe(probe, probe_params, random_state):
             params.setdefault("max_iter", 1000)
             est = LogisticRegression(**params)
         elif probe == "linear":
-            if params.get("solver") == "lbfgs":
+            if params.get("solver", "lbfgs") == "lbfgs":
                 params.setdefault("max_iter", 1000)  # as the "logistic" probe
             est = LinearProbeClassifier(**params)
         else:
-            if params.get("solver") == "lbfgs":
+            if params.get("solver", "lbfgs") == "lbfgs":
                 # one solve for all layers and folds needs more iterations than one
                 # head (157 for 13 ViT-S layers where each alone needed 33-66)
                 params.setdefault("max_iter", 1000)
@@ -376,19 +376,20 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
     layers : list of int or None, default=None
         Layers to sweep (negative from the end); None sweeps all, 0..n_layers_.
     probe : {"batched-linear", "linear", "knn", "logistic"} or classifier, default="batched-linear"
-        ``"batched-linear"`` trains the linear probes of all layers at once
+        ``"batched-linear"`` trains the linear probes of all layers and folds at once
         (:class:`~sklearn_endo.probes.MultiLayerLinearProbe`, same results as
         ``"linear"``, one :class:`~sklearn_endo.probes.LinearProbeClassifier` per
-        layer); ``"knn"`` is :class:`~sklearn_endo.probes.KNNProbeClassifier`, with
+        layer); by default each is ``LogisticRegression(C=1)`` on standardized
+        features, solved to its optimum by L-BFGS; ``"knn"`` is :class:`~sklearn_endo.probes.KNNProbeClassifier`, with
         ``probe_params={"n_neighbors": [10, 20, 50]}`` evaluating several k from one
         neighbour search; ``"logistic"`` is sklearn's LogisticRegression; any sklearn
         classifier is cloned per layer and fold.
     probe_params : dict, optional
-        Parameters of a string probe, e.g. ``{"lr": 1e-3, "standardize": True}``.
-        ``{"solver": "lbfgs", "C": 1.0}`` with the linear probes replaces the paper's
-        Adam recipe by ``LogisticRegression``'s L2 objective, solved by one full-batch
-        L-BFGS over all layers and folds (see ``LinearProbeClassifier``); its
-        ``max_iter`` defaults to 1000 here, as the ``"logistic"`` probe's.
+        Parameters of a string probe, e.g. ``{"C": 0.1}`` (a stronger L2 penalty).
+        ``{"solver": "adam"}`` with the linear probes replaces ``LogisticRegression``'s
+        objective by the layer-wise study's Adam recipe (lr 1e-4, 30 epochs, batch 8,
+        raw features; see ``LinearProbeClassifier``), which undertrains on small data.
+        With L-BFGS, ``max_iter`` defaults to 1000 here, as the ``"logistic"`` probe's.
     cv : int, CV splitter or iterable, default=5
         As in ``cross_validate``; an int means ``StratifiedKFold(cv)``. Use a group
         splitter with ``groups`` to keep a patient's images in one fold.

@@ -138,7 +138,8 @@ def _compare(device_a, device_b):
         # probes: one layer with each solver, and the sweep's batched folds
         F, y = _probe_data()
         for solver, params, atol in (
-                ("adam", dict(lr=1e-2, max_epochs=5, random_state=0), ADAM_PROBA_ATOL),
+                ("adam", dict(solver="adam", lr=1e-2, max_epochs=5, random_state=0),
+                 ADAM_PROBA_ATOL),
                 ("lbfgs", dict(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000),
                  LBFGS_PROBA_ATOL)):
             X_fit = F if solver == "adam" else F.astype(np.float64)
@@ -149,7 +150,7 @@ def _compare(device_a, device_b):
             assert gaps[f"probe {solver}"] <= atol, gaps
         layers = [F, F[:, ::-1] * 0.5, F[:, :7]]
         folds = [np.arange(0, 30), np.arange(10, 40)]
-        params = dict(lr=1e-2, max_epochs=5, random_state=0)
+        params = dict(solver="adam", lr=1e-2, max_epochs=5, random_state=0)
         fa = fit_folds(MultiLayerLinearProbe(device=device_a, **params), layers, y, folds)
         fb = fit_folds(MultiLayerLinearProbe(device=device_b, **params), layers, y, folds)
         gaps["fit_folds adam"] = max(

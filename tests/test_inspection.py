@@ -142,7 +142,7 @@ def test_count_frozen_encoder_plus_linear_probe(images, tiny_vit):
     assert [s[0] for s in c.steps] == ["layerfeaturetransformer", "logisticregression"]
 
     pipe = make_pipeline(LayerFeatureTransformer(tiny_vit, layer=2, batch_size=8),
-                         StandardScaler(), LinearProbeClassifier(max_epochs=1)).fit(X, y)
+                         StandardScaler(), LinearProbeClassifier(solver="adam", max_epochs=1)).fit(X, y)
     assert count_trainable_parameters(pipe).trainable == 2 * 32 + 2
     search = GridSearchCV(pipe, {"layerfeaturetransformer__layer": [1]}, cv=2).fit(X, y)
     assert count_trainable_parameters(search).trainable == 2 * 32 + 2
@@ -151,10 +151,10 @@ def test_count_frozen_encoder_plus_linear_probe(images, tiny_vit):
 def test_count_paper_figure_and_other_probes():
     rng = np.random.RandomState(0)
     X, y = rng.normal(size=(16, 1024)), np.arange(16) % 8
-    probe = LinearProbeClassifier(max_epochs=1).fit(X, y)
+    probe = LinearProbeClassifier(solver="adam", max_epochs=1).fit(X, y)
     assert count_trainable_parameters(probe).trainable == 8200  # the study's "0.008 M"
     assert count_trainable_parameters(KNNProbeClassifier().fit(X, y)).trainable == 0
-    multi = MultiLayerLinearProbe(max_epochs=1).fit([X, X[:, :10]], y)
+    multi = MultiLayerLinearProbe(solver="adam", max_epochs=1).fit([X, X[:, :10]], y)
     assert count_trainable_parameters(multi).trainable == 8200 + 8 * 11
     from skorch import NeuralNetClassifier
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import SkipTestWarning
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils import check_random_state, get_tags
@@ -28,9 +29,9 @@ def _layered_data(n=60, dims=(5, 12, 7), n_classes=3, seed=0):
 # ---------------------------------------------------------------- sklearn's checks
 @parametrize_with_checks(
     [
-        # a larger step than the recipe's 1e-4 so that the accuracy checks on small
-        # blobs converge within the default 30 epochs; the API is the same
-        LinearProbeClassifier(lr=1e-2, random_state=0),
+        # (the default, solver="lbfgs", is checked below) the Adam recipe with a larger step than its 1e-4, so that the accuracy checks
+        # on small blobs converge within the default 30 epochs; the API is the same
+        LinearProbeClassifier(solver="adam", lr=1e-2, random_state=0),
         KNNProbeClassifier(n_neighbors=5),
     ]
 )
@@ -44,7 +45,8 @@ def test_linear_probe_matches_plain_torch_loop():
     rng = np.random.RandomState(1)
     X = rng.normal(size=(37, 6)).astype(np.float32)
     y = rng.randint(0, 3, 37)
-    clf = LinearProbeClassifier(lr=1e-3, max_epochs=4, batch_size=8, random_state=5).fit(X, y)
+    clf = LinearProbeClassifier(solver="adam", lr=1e-3, max_epochs=4, batch_size=8,
+                                random_state=5).fit(X, y)
 
     init_seed, shuffle_seed = check_random_state(5).randint(0, 2**31 - 1, size=2)
     lin = torch.nn.Linear(6, 3)
@@ -70,20 +72,23 @@ def test_linear_probe_matches_plain_torch_loop():
     np.testing.assert_allclose(clf.coef_, lin.weight.detach().numpy(), atol=1e-5)
 
 
-def test_linear_probe_defaults_are_the_recipe():
+def test_linear_probe_defaults():
+    """L-BFGS on standardized features by default; solver="adam" is the study's recipe."""
     p = LinearProbeClassifier().get_params()
+    assert (p["solver"], p["standardize"], p["C"]) == ("lbfgs", "auto", 1.0)
     assert (p["lr"], p["max_epochs"], p["batch_size"], p["weight_decay"]) == (1e-4, 30, 8, 0.0)
+    assert MultiLayerLinearProbe().get_params() == p
 
 
 def test_linear_probe_reproducible_and_leaves_global_rng_alone():
     feats, y = _layered_data()
     X = feats[1]
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    a = LinearProbeClassifier(max_epochs=3, random_state=3).fit(X, y)
+    a = LinearProbeClassifier(solver="adam", max_epochs=3, random_state=3).fit(X, y)
     assert torch.equal(torch_state, torch.get_rng_state())
     assert np.array_equal(np_state[1], np.random.get_state()[1])
-    b = LinearProbeClassifier(max_epochs=3, random_state=3).fit(X, y)
-    c = LinearProbeClassifier(max_epochs=3, random_state=4).fit(X, y)
+    b = LinearProbeClassifier(solver="adam", max_epochs=3, random_state=3).fit(X, y)
+    c = LinearProbeClassifier(solver="adam", max_epochs=3, random_state=4).fit(X, y)
     np.testing.assert_array_equal(a.coef_, b.coef_)
     assert not np.allclose(a.coef_, c.coef_)
 
@@ -91,7 +96,8 @@ def test_linear_probe_reproducible_and_leaves_global_rng_alone():
 def test_linear_probe_string_labels_and_shapes():
     feats, y = _layered_data(n_classes=2)
     labels = np.array(["normal-z-line", "esophagitis"])[y]
-    clf = LinearProbeClassifier(lr=1e-2, random_state=0, standardize=True).fit(feats[3], labels)
+    clf = LinearProbeClassifier(solver="adam", lr=1e-2, random_state=0,
+                                standardize=True).fit(feats[3], labels)
     assert list(clf.classes_) == ["esophagitis", "normal-z-line"]
     assert clf.decision_function(feats[3]).shape == (60,)
     proba = clf.predict_proba(feats[3])
@@ -122,8 +128,9 @@ def test_linear_probe_one_class_is_a_clear_error():
 @pytest.mark.parametrize(
     "params",
     [
-        {"lr": 1e-3, "max_epochs": 5},
-        {"lr": 1e-3, "max_epochs": 3, "batch_size": 7, "standardize": True, "weight_decay": 1e-2},
+        {"solver": "adam", "lr": 1e-3, "max_epochs": 5},
+        {"solver": "adam", "lr": 1e-3, "max_epochs": 3, "batch_size": 7, "standardize": True,
+         "weight_decay": 1e-2},
     ],
 )
 def test_batched_probe_matches_sequential_probes(params):
@@ -151,8 +158,9 @@ def test_batched_probe_matches_sequential_probes(params):
 def test_batched_probe_heads_are_independent():
     """Adding a layer does not change the other layers' heads."""
     feats, y = _layered_data()
-    both = MultiLayerLinearProbe(max_epochs=2, random_state=0).fit([feats[1], feats[3]], y)
-    one = MultiLayerLinearProbe(max_epochs=2, random_state=0).fit([feats[1]], y)
+    adam = dict(solver="adam", max_epochs=2, random_state=0)
+    both = MultiLayerLinearProbe(**adam).fit([feats[1], feats[3]], y)
+    one = MultiLayerLinearProbe(**adam).fit([feats[1]], y)
     np.testing.assert_allclose(both.estimators_[0].coef_, one.estimators_[0].coef_,
                                atol=BATCHED_ATOL)
 
@@ -160,7 +168,7 @@ def test_batched_probe_heads_are_independent():
 def test_batched_probe_float32_inputs_equal_float64_inputs():
     """float32 features are not cast to float64 for training; the results are the same."""
     feats, y = _layered_data()
-    params = dict(lr=1e-3, max_epochs=2, batch_size=7, random_state=0)
+    params = dict(solver="adam", lr=1e-3, max_epochs=2, batch_size=7, random_state=0)
     f32 = MultiLayerLinearProbe(**params).fit(feats, y)
     f64 = MultiLayerLinearProbe(**params).fit({k: v.astype(np.float64) for k, v in feats.items()},
                                               y)
@@ -172,7 +180,7 @@ def test_batched_probe_float32_inputs_equal_float64_inputs():
 
 def test_batched_probe_input_errors():
     feats, y = _layered_data()
-    probe = MultiLayerLinearProbe(max_epochs=1, random_state=0)
+    probe = MultiLayerLinearProbe(solver="adam", max_epochs=1, random_state=0)
     with pytest.raises(TypeError, match="list of feature arrays"):
         probe.fit(feats[1], y)
     with pytest.raises(ValueError, match="same number of samples"):
@@ -196,15 +204,14 @@ def _fold_rows(n):
 @pytest.mark.parametrize(
     "params",
     [
-        {"lr": 1e-3, "max_epochs": 3, "random_state": 11},
-        {"lr": 1e-3, "max_epochs": 2, "batch_size": 7, "weight_decay": 1e-2,
+        {"solver": "adam", "lr": 1e-3, "max_epochs": 3, "random_state": 11},
+        {"solver": "adam", "lr": 1e-3, "max_epochs": 2, "batch_size": 7, "weight_decay": 1e-2,
          "random_state": np.random.RandomState(4)},
-        {"lr": 1e-3, "max_epochs": 2, "standardize": True, "random_state": 2},
+        {"solver": "adam", "lr": 1e-3, "max_epochs": 2, "standardize": True, "random_state": 2},
     ],
 )
 def test_fit_folds_equals_one_fit_per_fold(params):
     """All folds in one model = a clone fitted on each fold's rows (unequal fold sizes)."""
-    from sklearn.base import clone
 
     from sklearn_endo.probes import fit_folds
 
@@ -235,8 +242,8 @@ def test_fit_folds_matches_a_plain_torch_loop_per_fold():
     X = rng.normal(size=(30, 4)).astype(np.float32)
     y = rng.randint(0, 2, 30)
     folds = [np.arange(0, 20), np.arange(10, 30)]
-    fitted = fit_folds(MultiLayerLinearProbe(lr=1e-2, max_epochs=3, batch_size=6,
-                                             random_state=7), [X], y, folds)
+    fitted = fit_folds(MultiLayerLinearProbe(solver="adam", lr=1e-2, max_epochs=3,
+                                             batch_size=6, random_state=7), [X], y, folds)
     init_seed, shuffle_seed = check_random_state(7).randint(0, 2**31 - 1, size=2)
     for rows, probe in zip(folds, fitted):
         lin = torch.nn.Linear(4, 2)
@@ -265,7 +272,7 @@ def test_fit_folds_errors():
     from sklearn_endo.probes import fit_folds
 
     feats, y = _layered_data(n=20)
-    probe = MultiLayerLinearProbe(max_epochs=1, random_state=0)
+    probe = MultiLayerLinearProbe(solver="adam", max_epochs=1, random_state=0)
     with pytest.raises(ValueError, match="at least 2 classes"):
         fit_folds(probe, feats, y, [np.flatnonzero(y == 0)])
     with pytest.raises(ValueError, match=r"train_folds\[1\]"):
@@ -380,7 +387,8 @@ def _reference_logistic(X, y, C):
 def test_lbfgs_probe_equals_sklearn_logistic_regression(n_classes, C):
     feats, y = _layered_data(n=61, n_classes=n_classes)
     X = feats[3].astype(np.float64)
-    ours = LinearProbeClassifier(solver="lbfgs", C=C, tol=1e-8, max_iter=1000).fit(X, y)
+    ours = LinearProbeClassifier(solver="lbfgs", C=C, tol=1e-8, max_iter=1000,
+                                 standardize=False).fit(X, y)
     ref = _reference_logistic(X, y, C)
     np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X),
                                atol=LBFGS_PROBA_ATOL)
@@ -406,7 +414,8 @@ def test_lbfgs_fit_folds_equals_sklearn_per_layer_and_fold():
     feats, y = _layered_data(n=61)
     f64 = {k: v.astype(np.float64) for k, v in feats.items()}
     folds = _fold_rows(61)
-    probe = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000)
+    probe = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000,
+                                  standardize=False)
     fitted = fit_folds(probe, f64, y, folds)
     for rows, fold_probe in zip(folds, fitted):
         for X, est in zip(f64.values(), fold_probe.estimators_):
@@ -415,8 +424,7 @@ def test_lbfgs_fit_folds_equals_sklearn_per_layer_and_fold():
             np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(X),
                                        atol=LBFGS_PROBA_ATOL)
     # the same heads as MultiLayerLinearProbe.fit on one fold
-    alone = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000).fit(
-        {k: v[folds[0]] for k, v in f64.items()}, y[folds[0]])
+    alone = clone(probe).fit({k: v[folds[0]] for k, v in f64.items()}, y[folds[0]])
     for a, b, X in zip(alone.estimators_, fitted[0].estimators_, f64.values()):
         np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X),
                                    atol=2 * LBFGS_PROBA_ATOL)
@@ -452,18 +460,21 @@ def test_lbfgs_heads_left_by_the_joint_solve_are_solved_alone():
 
 def test_lbfgs_float32_features():
     """The store's float32 features (float32 matmuls) reach the default tol=1e-4 and
-    the float64 solution within 1e-3; a tol they cannot reach warns and says why."""
+    the float64 solution within 1e-3; a tol they cannot reach warns and says why
+    (standardize=False: standardized features are float64)."""
     from sklearn.exceptions import ConvergenceWarning
 
     feats, y = _layered_data()
-    f32 = MultiLayerLinearProbe(solver="lbfgs", C=0.5).fit(feats, y)
-    f64 = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000).fit(
+    f32 = MultiLayerLinearProbe(solver="lbfgs", C=0.5, standardize=False).fit(feats, y)
+    f64 = MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-8, max_iter=1000,
+                                standardize=False).fit(
         {k: v.astype(np.float64) for k, v in feats.items()}, y)
     for a, b, X in zip(f32.estimators_, f64.estimators_, feats.values()):
         assert a.coef_.dtype == b.coef_.dtype == np.float64
         np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), atol=1e-3)
     with pytest.warns(ConvergenceWarning, match="Pass float64 features"):
-        MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-9, max_iter=1000).fit(feats, y)
+        MultiLayerLinearProbe(solver="lbfgs", C=0.5, tol=1e-9, max_iter=1000,
+                              standardize=False).fit(feats, y)
 
 
 def test_lbfgs_not_converged_warns():
@@ -481,7 +492,11 @@ def test_lbfgs_not_converged_warns():
     [({"solver": "sgd"}, "solver"), ({"solver": "lbfgs", "C": 0}, "C"),
      ({"solver": "lbfgs", "max_iter": 0}, "max_iter"), ({"solver": "lbfgs", "tol": -1.0}, "tol"),
      ({"solver": "lbfgs", "weight_decay": 1e-3}, "weight_decay"),
-     ({"solver": "adam", "C": 0.1}, "C=0.1")],
+     ({"solver": "adam", "C": 0.1}, "C=0.1"),
+     # the Adam recipe's settings with the default solver: an error, never ignored
+     ({"lr": 1e-3}, "lr=0.001 is a setting of solver='adam'"),
+     ({"max_epochs": 100}, "max_epochs=100 .*pass solver='adam'"),
+     ({"batch_size": 16}, "batch_size"), ({"standardize": "always"}, "'auto'")],
 )
 def test_lbfgs_bad_params(params, name):
     X, y = np.random.RandomState(0).normal(size=(10, 3)), np.arange(10) % 2
@@ -490,6 +505,28 @@ def test_lbfgs_bad_params(params, name):
             est.fit(X if isinstance(est, LinearProbeClassifier) else [X], y)
 
 
-@parametrize_with_checks([LinearProbeClassifier(solver="lbfgs")])
+@parametrize_with_checks([LinearProbeClassifier()])  # the default, solver="lbfgs"
 def test_lbfgs_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_default_probe_reaches_logistic_regression():
+    """The default probe is StandardScaler + LogisticRegression(C=1), solved to its
+    optimum: the same training log-loss and probabilities (the Adam recipe, lr 1e-4 and
+    30 epochs, stays far from it on small data)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    feats, y = _layered_data(n=61)
+    for X in (feats[3], feats[5].astype(np.float64)):  # the store's float32, and float64
+        ref = make_pipeline(StandardScaler(), LogisticRegression(
+            C=1.0, solver="newton-cholesky", tol=1e-10, max_iter=1000)).fit(X, y)
+        ours = LinearProbeClassifier().fit(X, y)
+        assert log_loss(y, ours.predict_proba(X)) == pytest.approx(
+            log_loss(y, ref.predict_proba(X)), abs=1e-4)
+        np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-3)
+        multi = MultiLayerLinearProbe().fit([X], y)
+        np.testing.assert_allclose(multi.predict_proba([X])[0], ref.predict_proba(X),
+                                   atol=1e-3)

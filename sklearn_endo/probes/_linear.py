@@ -1,10 +1,12 @@
 """Linear probes trained in torch: one head, or the heads of many layers and folds at once.
 
-``solver="adam"`` (the study's recipe, the default) trains with the loop below;
-``solver="lbfgs"`` hands the same heads to :func:`._lbfgs.train_heads_lbfgs`.
+``solver="lbfgs"`` (the default: scikit-learn's ``LogisticRegression`` objective on
+standardized features) hands the heads to :func:`._lbfgs.train_heads_lbfgs`;
+``solver="adam"`` (the layer-wise study's recipe) trains them with
+:func:`._adam._train_heads`.
 
-All estimators share one training loop (:func:`._adam._train_heads`) over a padded
-batch of heads; see that module for how each head follows its own trajectory.
+Both solvers train a padded batch of heads (all layers and folds) at once; see those
+modules for how each head still ends where its own fit would.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from ._lbfgs import train_heads_lbfgs
 
 __all__ = ["LinearProbeClassifier", "MultiLayerLinearProbe"]
 
-
-
-_SOLVERS = ("adam", "lbfgs")
+_SOLVERS = ("lbfgs", "adam")
+# the Adam recipe's settings: with solver="lbfgs" they must keep these values
+_ADAM_DEFAULTS = {"lr": 1e-4, "max_epochs": 30, "batch_size": 8, "weight_decay": 0.0}
 
 
 def _check_params(est):
@@ -43,21 +45,34 @@ def _check_params(est):
     for name, value, kind, ok, fix in checks:
         if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
             raise ValueError(f"{name}={value!r} is invalid for {type(est).__name__}; use {fix}.")
-    if not isinstance(est.standardize, (bool, np.bool_)):
-        raise ValueError(f"standardize={est.standardize!r} must be True or False.")
+    if not (isinstance(est.standardize, (bool, np.bool_)) or (
+            isinstance(est.standardize, str) and est.standardize == "auto")):
+        raise ValueError(f"standardize={est.standardize!r} must be True, False or 'auto' "
+                         "(True with solver='lbfgs', False with solver='adam').")
     if not isinstance(est.solver, str) or est.solver not in _SOLVERS:
         raise ValueError(f"solver={est.solver!r} is invalid for {type(est).__name__}; use "
-                         "'adam' (the study's recipe) or 'lbfgs' (LogisticRegression's "
-                         "objective, full batch).")
-    # each solver has its own penalty: a penalty set for the other one would be ignored
-    if est.solver == "lbfgs" and est.weight_decay != 0:
-        raise ValueError(f"weight_decay={est.weight_decay!r} is Adam's penalty and has no "
-                         "effect with solver='lbfgs'; set the L2 penalty with C (as in "
-                         "LogisticRegression) and leave weight_decay=0.")
+                         "'lbfgs' (LogisticRegression's objective, full batch; the default) "
+                         "or 'adam' (the layer-wise study's recipe).")
+    # each solver has its own settings: one set for the other solver would be ignored
+    if est.solver == "lbfgs":
+        for name, default in _ADAM_DEFAULTS.items():
+            if getattr(est, name) != default:
+                raise ValueError(
+                    f"{name}={getattr(est, name)!r} is a setting of solver='adam' and has no "
+                    f"effect with solver='lbfgs' (the default); pass solver='adam' for the "
+                    f"Adam recipe, or leave {name}={default!r} and set the L2 penalty with C "
+                    "(as in LogisticRegression).")
     if est.solver == "adam" and est.C != 1.0:
         raise ValueError(f"C={est.C!r} is the penalty of solver='lbfgs' and has no effect "
                          "with solver='adam'; pass solver='lbfgs', or use weight_decay for "
                          "Adam's L2 penalty.")
+
+
+def _standardizes(est):
+    """Whether ``est`` standardizes its features ("auto": with L-BFGS only)."""
+    if isinstance(est.standardize, str):
+        return est.solver == "lbfgs"
+    return bool(est.standardize)
 
 
 def _fit_heads(est, Xs, y_enc, n_classes, *, init_seed, shuffle_seed, folds=None):
@@ -106,33 +121,38 @@ def _softmax(z):
 
 
 class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
-    """Softmax linear probe trained with Adam (or L-BFGS) on frozen features.
+    """Softmax linear probe on frozen features: logistic regression, or the Adam recipe.
 
-    The defaults are the recipe of the layer-wise probing study: Adam, learning rate
-    1e-4, 30 epochs, minibatches of 8, cross-entropy loss, ``nn.Linear``'s default
-    initialisation. ``solver="lbfgs"`` instead minimises scikit-learn's
-    ``LogisticRegression`` objective (cross-entropy plus an L2 penalty set by ``C``)
-    with full-batch L-BFGS, for users who do not need the paper's recipe: a convex
-    problem with one solution, no learning rate, usually a few dozen iterations.
+    The default, ``solver="lbfgs"``, minimises scikit-learn's ``LogisticRegression``
+    objective (cross-entropy plus an L2 penalty set by ``C``) on standardized features
+    with full-batch L-BFGS: the fit of ``make_pipeline(StandardScaler(),
+    LogisticRegression(C=C))``, a convex problem with one solution, no learning rate, a
+    few dozen iterations, that also runs on a GPU. ``solver="adam"`` is the recipe of
+    the layer-wise probing study: Adam, learning rate 1e-4, 30 epochs, minibatches of 8,
+    cross-entropy, ``nn.Linear``'s default initialisation, raw features. The recipe
+    undertrains on small data (on the 90 images of docs/evaluation.md's sweep most
+    layers stayed near chance, log-loss ln 3); use it to reproduce the study.
     Prediction runs in numpy (float64) from ``coef_`` and ``intercept_``, so it is
     deterministic and independent of the batch size.
 
     Parameters
     ----------
     lr : float, default=1e-4
-        Adam learning rate (``solver="adam"`` only).
+        Adam learning rate (``solver="adam"`` only: with ``solver="lbfgs"`` a value other
+        than the default is an error, as for the three settings below).
     max_epochs : int, default=30
         Passes over the training data (``solver="adam"`` only).
     batch_size : int, default=8
         Minibatch size; the last minibatch of an epoch may be smaller
         (``solver="adam"`` only).
     weight_decay : float, default=0.0
-        Adam's L2 penalty (``solver="adam"`` only; a non-zero value with
-        ``solver="lbfgs"`` is an error).
-    standardize : bool, default=False
+        Adam's L2 penalty (``solver="adam"`` only).
+    standardize : bool or "auto", default="auto"
         Scale each feature to zero mean and unit variance (statistics from the training
-        data) before training. Off by default to follow the recipe; turn it on when the
-        feature scales differ a lot, e.g. when comparing early and late layers.
+        data) before training. ``"auto"``: on with ``solver="lbfgs"`` (as
+        ``StandardScaler`` before ``LogisticRegression``; without it, layers whose
+        feature scales differ by 1e3 make L-BFGS slow to converge), off with
+        ``solver="adam"`` (the recipe trains on raw features).
     device : str, default="cpu"
         Torch device for training, or ``"auto"`` (cuda, then mps, then cpu). A linear head
         on minibatches of 8 is usually faster on the CPU than the kernel-launch cost.
@@ -142,8 +162,8 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
         ``solver="lbfgs"`` starts from zero weights and draws nothing.
     verbose : bool, default=False
         Print the training loss after every epoch (L-BFGS: once, at the end).
-    solver : {"adam", "lbfgs"}, default="adam"
-        ``"adam"``: the recipe above. ``"lbfgs"``: ``torch.optim.LBFGS`` on the whole
+    solver : {"lbfgs", "adam"}, default="lbfgs"
+        ``"adam"``: the study's recipe above. ``"lbfgs"``: ``torch.optim.LBFGS`` on the whole
         training set, minimising, as ``LogisticRegression(C=C)`` does,
         ``mean cross-entropy + ||coef_||^2 / (2 * C * n_samples)`` (the intercept is
         not penalised; for two classes class 0's logit is fixed at 0, scikit-learn's
@@ -170,7 +190,8 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     intercept_ : ndarray of shape (n_classes,)
         Biases.
     mean_, scale_ : ndarray of shape (n_features,) or None
-        Standardization statistics when ``standardize=True``.
+        Standardization statistics when the probe standardizes (``standardize=True``,
+        or ``"auto"`` with ``solver="lbfgs"``), else None.
     loss_curve_ : list of float
         Mean training cross-entropy per epoch; with ``solver="lbfgs"``, the penalised
         objective at each function evaluation.
@@ -190,14 +211,17 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
     >>> from sklearn_endo.probes import LinearProbeClassifier
     >>> rng = np.random.RandomState(0)
     >>> X = rng.normal(size=(40, 5)); y = (X[:, 0] > 0).astype(int)
-    >>> clf = LinearProbeClassifier(lr=1e-2, random_state=0).fit(X, y)
+    >>> clf = LinearProbeClassifier().fit(X, y)  # StandardScaler + LogisticRegression
     >>> clf.predict_proba(X[:2]).shape
     (2, 2)
+    >>> recipe = LinearProbeClassifier(solver="adam", random_state=0).fit(X, y)
+    >>> recipe.n_iter_  # epochs
+    30
     """
 
     def __init__(self, lr=1e-4, max_epochs=30, batch_size=8, weight_decay=0.0,
-                 standardize=False, device="cpu", random_state=None, verbose=False,
-                 solver="adam", C=1.0, max_iter=100, tol=1e-4):
+                 standardize="auto", device="cpu", random_state=None, verbose=False,
+                 solver="lbfgs", C=1.0, max_iter=100, tol=1e-4):
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -223,7 +247,7 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} needs samples of at least 2 classes in the data; "
                 f"got one class, {self.classes_.tolist()}."
             )
-        self.mean_, self.scale_ = _standardize_stats(X, self.standardize)
+        self.mean_, self.scale_ = _standardize_stats(X, _standardizes(self))
         Xs = X if self.mean_ is None else (X - self.mean_) / self.scale_
         init_seed, shuffle_seed = _draw_seeds(self.random_state)
         heads, curves, self.n_iter_ = _fit_heads(
@@ -275,17 +299,18 @@ class LinearProbeClassifier(ClassifierMixin, BaseEstimator):
 class MultiLayerLinearProbe(BaseEstimator):
     """Linear probes for many layers trained together in one batched model.
 
-    One weight tensor holds a head per layer; each optimisation step runs one forward
+    One weight tensor holds a head per layer. With ``solver="lbfgs"`` (the default),
+    one full-batch L-BFGS minimises the sum of the heads' ``LogisticRegression``
+    objectives; the heads share no weights, so each ends at its own solution, as if
+    fitted alone (to ``tol``).
+
+    With ``solver="adam"`` (the study's recipe), each optimisation step runs one forward
     and one backward pass for all heads on the same minibatch, as DINOv2's linear
     evaluation trains its grid of heads. Each head gets the initial weights and the
     minibatches that ``LinearProbeClassifier`` with the same parameters and
     ``random_state`` would get, so per-layer results match training the probes one by
     one: predicted probabilities agree to ~1e-6 (tested at ``atol=1e-5``); only the
     float32 rounding of the batched matmul differs.
-
-    With ``solver="lbfgs"``, one full-batch L-BFGS minimises the sum of the heads'
-    ``LogisticRegression`` objectives; the heads share no weights, so each ends at its
-    own solution, as if fitted alone (to ``tol``).
 
     Parameters
     ----------
@@ -322,8 +347,8 @@ class MultiLayerLinearProbe(BaseEstimator):
     """
 
     def __init__(self, lr=1e-4, max_epochs=30, batch_size=8, weight_decay=0.0,
-                 standardize=False, device="cpu", random_state=None, verbose=False,
-                 solver="adam", C=1.0, max_iter=100, tol=1e-4):
+                 standardize="auto", device="cpu", random_state=None, verbose=False,
+                 solver="lbfgs", C=1.0, max_iter=100, tol=1e-4):
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -373,9 +398,10 @@ class MultiLayerLinearProbe(BaseEstimator):
         encoder = LabelEncoder().fit(y)
         classes = encoder.classes_
         _check_two_classes(classes)
-        if self.standardize:  # statistics in float64, as LinearProbeClassifier
+        standardize = _standardizes(self)
+        if standardize:  # statistics in float64, as LinearProbeClassifier
             arrays = [a.astype(np.float64, copy=False) for a in arrays]
-        stats = [_standardize_stats(a, self.standardize) for a in arrays]
+        stats = [_standardize_stats(a, standardize) for a in arrays]
         inputs = [a if m is None else (a - m) / s for a, (m, s) in zip(arrays, stats)]
         init_seed, shuffle_seed = _draw_seeds(self.random_state)
         heads, curves, n_iter = _fit_heads(
@@ -467,8 +493,9 @@ def fit_folds(probe, Xs, y, train_folds):
     Folds are batched together when they have the same number of training rows and
     the same classes (k-fold splits differ by at most one row, so usually one or two
     groups). With ``solver="lbfgs"`` (full batch) folds of any size share one solve
-    and only the classes group them. With ``standardize=True`` every fold has its own
-    statistics, so each fold is fitted on its own.
+    and only the classes group them. When the probe standardizes (``standardize=True``,
+    or the default ``"auto"`` with ``solver="lbfgs"``) every fold has its own
+    statistics, so each fold is fitted on its own (still all layers at once).
 
     Parameters
     ----------
@@ -489,7 +516,7 @@ def fit_folds(probe, Xs, y, train_folds):
     keys, arrays, y = template._check_fit_inputs(Xs, y)
     train_folds = [np.asarray(rows) for rows in train_folds]
     fitted = [clone(probe) for _ in train_folds]
-    if probe.standardize:
+    if _standardizes(probe):
         return [est.fit({k: a[rows] for k, a in zip(keys, arrays)} if isinstance(Xs, dict)
                         else [a[rows] for a in arrays], y[rows])
                 for est, rows in zip(fitted, train_folds)]
