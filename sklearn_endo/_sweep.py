@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 from sklearn.base import clone, is_classifier
-from sklearn.model_selection import check_cv
+from sklearn.model_selection import RepeatedStratifiedKFold, check_cv
 from sklearn.utils.multiclass import check_classification_targets
 
 from .probes import KNNProbeClassifier, LinearProbeClassifier, MultiLayerLinearProbe, fit_folds
@@ -116,6 +116,23 @@ class LayerSweepResult:
         metric when log-loss was not computed.
     best_variant_ : dict
         The probe setting at the best layer.
+    comparison_ : :class:`~sklearn_endo.model_selection.CVComparison` or None
+        Every layer against the best and the last one on the metric that chose the best
+        layer (log-loss), at the best probe setting: per layer the difference to the
+        best and to the last layer with its confidence interval and the p-value of the
+        Nadeau-Bengio corrected t-test, the Bayesian correlated t-test, and the sets
+        below. :meth:`compare` gives the same for another metric. None when the fold
+        sizes are unknown (a result built by hand without ``n_train``/``n_test``).
+    tied_layers_ : list of int
+        Layers not significantly worse than the best (corrected t-test, Holm over the
+        comparisons with the best, alpha 0.05), the best included.
+    one_se_layers_ : list of int
+        Layers whose mean is within one corrected standard error of the best's.
+    smallest_tied_layer_ : int
+        The smallest layer of ``tied_layers_``: the cheapest encoder cut that is as good
+        as the best by this test.
+    n_train_, n_test_ : float or None
+        Mean training and test fold sizes (the corrected variance uses their ratio).
     extraction_seconds_ : float
         Time spent in the encoder (0 for precomputed features).
     probe_seconds_ : float
@@ -125,7 +142,7 @@ class LayerSweepResult:
     """
 
     def __init__(self, layers, variants, scores, *, probe_name, extraction_seconds,
-                 probe_seconds):
+                 probe_seconds, n_train=None, n_test=None):
         self.layers = list(layers)
         self.variants = list(variants)
         self.scores = scores
@@ -142,6 +159,54 @@ class LayerSweepResult:
         self.best_layer_ = self.layers[layer]
         self.best_variant_ = dict(self.variants[v])
         self.best_metric_ = key
+        self._best_variant_index = int(v)
+        self.n_train_ = None if n_train is None else float(n_train)
+        self.n_test_ = None if n_test is None else float(n_test)
+        self.comparison_ = None
+        self.tied_layers_ = self.one_se_layers_ = self.smallest_tied_layer_ = None
+        if n_train is not None and n_test is not None:
+            try:
+                self.comparison_ = self.compare()
+            except ValueError as exc:  # e.g. every layer's scores NaN
+                warnings.warn(f"No layer comparison: {exc}", UserWarning, stacklevel=2)
+            else:
+                self.tied_layers_ = self.comparison_.tied_candidates
+                self.one_se_layers_ = self.comparison_.one_se_candidates
+                self.smallest_tied_layer_ = self.comparison_.smallest_tied
+
+    def compare(self, metric=None, variant=None, *, alpha=0.05, confidence=0.95, rope=0.01):
+        """Every layer against the best and the last layer, on paired fold scores.
+
+        Parameters
+        ----------
+        metric : str or None
+            A computed metric; None is the one that chose ``best_layer_``. Losses and
+            errors (``log_loss``) count lower as better.
+        variant : int or None
+            The probe setting; None is the best one's.
+        alpha, confidence, rope : float
+            See :func:`sklearn_endo.model_selection.compare_fold_scores`.
+
+        Returns
+        -------
+        CVComparison
+            Per layer ``diff_to_best`` (with ``_low``/``_high``), ``pvalue_vs_best``
+            and its Holm-adjusted value, the Bayesian probabilities, ``diff_to_last``
+            and ``pvalue_vs_last``; ``tied_candidates``, ``one_se_candidates``,
+            ``smallest_tied``, ``best_vs_last``; ``summary()`` prints them.
+        """
+        from .model_selection import compare_fold_scores
+
+        if self.n_train_ is None or self.n_test_ is None:
+            raise ValueError("This result has no fold sizes (n_train, n_test); build it with "
+                             "layer_sweep or pass n_train= and n_test=.")
+        metric = self.best_metric_ if metric is None else metric
+        variant = self._best_variant_index if variant is None else variant
+        lower = "loss" in metric or "error" in metric
+        return compare_fold_scores(
+            self._get(metric)[variant], candidates=self.layers, n_train=self.n_train_,
+            n_test=self.n_test_, greater_is_better=not lower, metric=metric, param="layer",
+            alpha=alpha, confidence=confidence, rope=rope)
 
     @property
     def metrics(self):
@@ -271,9 +336,23 @@ def _predict_proba(est, X):
     return (pred[:, None] == est.classes_[None, :]).astype(float)
 
 
+def _splitter(cv, n_repeats, y, random_state):
+    if not isinstance(n_repeats, (int, np.integer)) or isinstance(n_repeats, bool) \
+            or n_repeats < 1:
+        raise ValueError(f"n_repeats must be an int >= 1, got {n_repeats!r}.")
+    if n_repeats == 1:
+        return check_cv(cv, y, classifier=True)
+    if not isinstance(cv, (int, np.integer)):
+        raise ValueError(f"n_repeats={n_repeats} needs an int cv (the folds per repeat); "
+                         f"got cv={cv!r}. Pass a repeated splitter such as "
+                         "RepeatedStratifiedKFold as cv instead.")
+    return RepeatedStratifiedKFold(n_splits=int(cv), n_repeats=int(n_repeats),
+                                   random_state=random_state)
+
+
 def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_params=None,
-                              cv=5, groups=None, scoring=None, random_state=None,
-                              verbose=True):
+                              cv=5, n_repeats=1, groups=None, scoring=None,
+                              random_state=None, verbose=True):
     """Cross-validate a probe on precomputed per-layer features.
 
     Parameters
@@ -281,7 +360,7 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
     features : dict of int -> ndarray of shape (n_samples, n_features_layer)
         Pooled features of each layer (e.g. ``LayerFeatureTransformer.layer_features``).
     y : array-like of shape (n_samples,)
-    probe, probe_params, cv, groups, scoring, random_state
+    probe, probe_params, cv, n_repeats, groups, scoring, random_state
         See :func:`layer_sweep`.
     verbose : bool or int, default=True
         Show a progress bar over layers and folds once the probes take longer than
@@ -306,7 +385,7 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
     builtin, custom = _resolve_scoring(scoring)
     codes = np.searchsorted(classes, y)
     kind, est = _make_probe(probe, probe_params, random_state)
-    splitter = check_cv(cv, y, classifier=True)
+    splitter = _splitter(cv, n_repeats, y, random_state)
     splits = list(splitter.split(arrays[0], y, groups))
     variants = [{"n_neighbors": k} for k in est[1]] if kind == "knn" else [{}]
     scores = {m: np.full((len(variants), len(layers), len(splits)), np.nan)
@@ -351,12 +430,14 @@ def layer_sweep_from_features(features, y, *, probe="batched-linear", probe_para
     probe_seconds = time.perf_counter() - start
     name = probe if isinstance(probe, str) else type(probe).__name__
     return LayerSweepResult(layers, variants, scores, probe_name=name,
-                            extraction_seconds=0.0, probe_seconds=probe_seconds)
+                            extraction_seconds=0.0, probe_seconds=probe_seconds,
+                            n_train=np.mean([len(tr) for tr, _ in splits]),
+                            n_test=np.mean([len(te) for _, te in splits]))
 
 
 def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_params=None,
-                cv=5, groups=None, scoring=None, random_state=None, verbose=True,
-                **transformer_params):
+                cv=5, n_repeats=1, groups=None, scoring=None, random_state=None,
+                verbose=True, **transformer_params):
     """Cross-validate a probe on every layer of a frozen encoder, from one encoder pass.
 
     The encoder runs once over ``X`` and returns the pooled features of all requested
@@ -393,13 +474,21 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
     cv : int, CV splitter or iterable, default=5
         As in ``cross_validate``; an int means ``StratifiedKFold(cv)``. Use a group
         splitter with ``groups`` to keep a patient's images in one fold.
+    n_repeats : int, default=1
+        With an int ``cv``, repeat it ``n_repeats`` times on new shuffles
+        (``RepeatedStratifiedKFold(n_splits=cv, n_repeats=n_repeats,
+        random_state=random_state)``): ``cv * n_repeats`` folds give the layer
+        comparison more power (Bouckaert and Frank recommend 10 x 10). The encoder
+        still runs once per image: every repeat reads the same stored features; only
+        the probe fits grow.
     groups : array-like, optional
     scoring : None, list of str or dict, default=None
         None computes accuracy, macro-F1, macro precision, macro recall, balanced
         accuracy and log-loss; a list picks from those; a dict maps names to
         ``f(y_true, y_pred, y_proba, labels)``.
     random_state : int or None
-        Seeds the probe (its ``random_state`` parameter when it has one).
+        Seeds the probe (its ``random_state`` parameter when it has one) and the
+        shuffles of ``n_repeats``.
     verbose : bool or int, default=True
         Show progress bars (tqdm, also in notebooks) for the encoder pass and the
         probes once a step takes longer than 2 s; ``verbose=0`` silences them, also the
@@ -412,7 +501,10 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
     -------
     LayerSweepResult
         Per-layer mean and std of every metric, ``best_layer_`` (argmin of the mean CV
-        log-loss), ``extraction_seconds_`` and ``probe_seconds_``.
+        log-loss), ``extraction_seconds_`` and ``probe_seconds_``; ``comparison_``
+        (every layer against the best and the last: differences with confidence
+        intervals and corrected t-test p-values), ``tied_layers_`` (not significantly
+        worse than the best, Holm), ``one_se_layers_`` and ``smallest_tied_layer_``.
 
     Examples
     --------
@@ -443,8 +535,9 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
     features = transformer.layer_features(X, layers=None if layers is None else list(layers))
     extraction_seconds = time.perf_counter() - start
     result = layer_sweep_from_features(
-        features, y_arr, probe=probe, probe_params=probe_params, cv=cv, groups=groups,
-        scoring=scoring, random_state=random_state, verbose=verbose)
+        features, y_arr, probe=probe, probe_params=probe_params, cv=cv,
+        n_repeats=n_repeats, groups=groups, scoring=scoring, random_state=random_state,
+        verbose=verbose)
     result.extraction_seconds_ = extraction_seconds
     result.layer_names = getattr(transformer, "layer_names_", None)
     return result

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
+    balanced_accuracy_score,
     cohen_kappa_score,
     f1_score,
     multilabel_confusion_matrix,
@@ -346,8 +347,11 @@ def quadratic_weighted_kappa(y_true, y_pred, *, labels=None, sample_weight=None)
 
 
 # -------------------------------------------------------------------------- summary
-def _roc_auc(y_true, y_score, labels, pos_label):
-    """ROC AUC of the positive class (binary) or one-vs-rest macro (multiclass)."""
+def _roc_auc_inputs(y_true, y_score, labels, pos_label):
+    """One binary problem per row: (positives, scores), each (k, n); k=1 when binary.
+
+    (None, None), with a warning, when a class has no true samples (AUC undefined).
+    """
     y_score = np.asarray(y_score, dtype=float)
     n = y_true.shape[0]
     if y_score.shape[0] != n:
@@ -363,9 +367,9 @@ def _roc_auc(y_true, y_score, labels, pos_label):
             f"ROC AUC is undefined because classes {absent} have no true samples; "
             "setting roc_auc to nan.",
             UndefinedMetricWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        return float("nan")
+        return None, None
     if len(labels) == 2:
         if y_score.ndim == 2 and y_score.shape[1] == 2:
             y_score = y_score[:, list(labels).index(pos_label)]
@@ -377,20 +381,38 @@ def _roc_auc(y_true, y_score, labels, pos_label):
                 f"(n_samples, 2), got {y_score.shape}. Pass predict_proba(X) or the "
                 "score of the positive class."
             )
-        return float(roc_auc_score(y_true == pos_label, y_score))
+        return (y_true == pos_label)[None, :], y_score[None, :]
     if y_score.ndim != 2 or y_score.shape[1] != len(labels):
         raise ValueError(
             f"For a task with {len(labels)} classes y_score must have shape "
             f"(n_samples, {len(labels)}), got {y_score.shape}. Pass predict_proba(X) "
             "with columns in the order of labels."
         )
+    return (np.stack([y_true == lab for lab in labels]), y_score.T)
+
+
+def _roc_auc(y_true, y_score, labels, pos_label):
+    """ROC AUC of the positive class (binary) or one-vs-rest macro (multiclass)."""
+    positives, scores = _roc_auc_inputs(y_true, y_score, labels, pos_label)
+    if positives is None:
+        return float("nan")
+    if len(labels) == 2:
+        return float(roc_auc_score(positives[0], scores[0]))
     return float(
-        roc_auc_score(y_true, y_score, multi_class="ovr", average="macro", labels=labels)
+        roc_auc_score(y_true, scores.T, multi_class="ovr", average="macro", labels=labels)
     )
 
 
 def classification_summary(
-    y_true, y_pred, y_score=None, *, confidence=0.95, labels=None, pos_label=None
+    y_true,
+    y_pred,
+    y_score=None,
+    *,
+    confidence=0.95,
+    labels=None,
+    pos_label=None,
+    n_resamples=2000,
+    random_state=None,
 ):
     """The usual table row of a medical classification study.
 
@@ -409,7 +431,7 @@ def classification_summary(
         macro-averaged.
 
     confidence : float, default=0.95
-        Confidence level of the accuracy interval.
+        Confidence level of the intervals.
 
     labels : array-like, default=None
         The classes, sorted as the columns of ``y_score``. By default the sorted
@@ -420,12 +442,23 @@ def classification_summary(
         Positive class of a binary task. By default the greater label (``labels[1]``),
         as in scikit-learn.
 
+    n_resamples : int, default=2000
+        Stratified bootstrap resamples for the intervals of balanced accuracy and ROC
+        AUC (:func:`balanced_accuracy_ci`, :func:`roc_auc_ci`); 0 skips them (their
+        bounds are then nan).
+
+    random_state : int, RandomState or None, default=None
+        Seed of the bootstrap; fix it for reproducible intervals.
+
     Returns
     -------
     summary : :class:`~sklearn.utils.Bunch`
-        Keys ``n_samples``, ``accuracy``, ``accuracy_low``, ``accuracy_high``,
-        ``confidence``, ``f1_macro``, ``sensitivity``, ``specificity``, ``average``
-        (``"binary"`` or ``"macro"``) and, when ``y_score`` is given, ``roc_auc``.
+        Keys ``n_samples``, ``accuracy``, ``accuracy_low``, ``accuracy_high`` (Wilson
+        interval), ``balanced_accuracy``, ``balanced_accuracy_low``,
+        ``balanced_accuracy_high`` (stratified bootstrap), ``confidence``,
+        ``f1_macro``, ``sensitivity``, ``specificity``, ``average`` (``"binary"`` or
+        ``"macro"``) and, when ``y_score`` is given, ``roc_auc``, ``roc_auc_low``,
+        ``roc_auc_high`` (stratified bootstrap).
         Binary tasks report sensitivity and specificity of ``pos_label``; multiclass
         tasks their one-vs-rest macro averages. Undefined per-class values (a class
         with no samples) are left out of the macro averages; an undefined AUC is nan.
@@ -442,7 +475,18 @@ def classification_summary(
     >>> print(f"acc={s.accuracy:.2f} sens={s.sensitivity:.2f} "
     ...       f"spec={s.specificity:.2f} auc={s.roc_auc:.2f}")
     acc=0.80 sens=1.00 spec=0.50 auc=1.00
+    >>> y_true = [0] * 20 + [1] * 20
+    >>> y_score = [i / 40 for i in range(40)]
+    >>> y_score[5], y_score[30] = 0.9, 0.1                  # two confident mistakes
+    >>> y_pred = [int(p > 0.5) for p in y_score]
+    >>> s = classification_summary(y_true, y_pred, y_score, random_state=0)
+    >>> print(f"bacc={s.balanced_accuracy:.3f} [{s.balanced_accuracy_low:.3f}, "
+    ...       f"{s.balanced_accuracy_high:.3f}] auc={s.roc_auc:.3f} "
+    ...       f"[{s.roc_auc_low:.3f}, {s.roc_auc_high:.3f}]")
+    bacc=0.925 [0.825, 1.000] auc=0.922 [0.802, 1.000]
     """
+    from ._bootstrap import balanced_accuracy_ci, roc_auc_ci
+
     _check_confidence(confidence)
     y_true, y_pred = _check_targets(y_true, y_pred)
     labels = unique_labels(y_true, y_pred) if labels is None else column_or_1d(labels)
@@ -468,12 +512,25 @@ def classification_summary(
     else:
         rates = {"average": "macro", "labels": labels}
 
+    if not isinstance(n_resamples, numbers.Integral) or n_resamples < 0:
+        raise ValueError(f"n_resamples must be an int >= 0 (0 skips the bootstrap "
+                         f"intervals), got {n_resamples!r}.")
     acc = accuracy_ci(y_true, y_pred, confidence=confidence)
+    boot = {"confidence": confidence, "n_resamples": max(n_resamples, 1),
+            "random_state": random_state}
+    nan = float("nan")
+    if n_resamples:
+        bacc = balanced_accuracy_ci(y_true, y_pred, **boot)
+    else:
+        bacc = (float(balanced_accuracy_score(y_true, y_pred)), nan, nan)
     summary = Bunch(
         n_samples=int(y_true.shape[0]),
         accuracy=acc.accuracy,
         accuracy_low=acc.low,
         accuracy_high=acc.high,
+        balanced_accuracy=bacc[0],
+        balanced_accuracy_low=bacc[1],
+        balanced_accuracy_high=bacc[2],
         confidence=float(confidence),
         f1_macro=float(
             f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=np.nan)
@@ -483,5 +540,9 @@ def classification_summary(
         average=rates["average"],
     )
     if y_score is not None:
-        summary["roc_auc"] = _roc_auc(y_true, y_score, list(labels), pos_label)
+        if n_resamples:
+            auc = roc_auc_ci(y_true, y_score, labels=labels, pos_label=pos_label, **boot)
+        else:
+            auc = (_roc_auc(y_true, y_score, list(labels), pos_label), nan, nan)
+        summary["roc_auc"], summary["roc_auc_low"], summary["roc_auc_high"] = auc
     return summary
