@@ -70,11 +70,18 @@ class LayerCurveDisplay:
         Marked with a vertical dashed line.
     label : str or None
         Legend label of the curve.
+    tied_layers : list of int or None
+        Layers not significantly worse than the best (e.g. ``result.tied_layers_`` of a
+        sweep, or ``tied_candidates`` of a
+        :class:`~sklearn_endo.model_selection.CVComparison`): shaded behind the curve,
+        their points drawn filled.
 
     Attributes
     ----------
     line_ : matplotlib Line2D
     band_ : matplotlib PolyCollection or None
+    tied_spans_ : list of matplotlib patches
+        One shaded span per run of adjacent tied layers (empty without ``tied_layers``).
     best_line_ : matplotlib Line2D or None
     ax_ : matplotlib Axes
     figure_ : matplotlib Figure
@@ -88,13 +95,14 @@ class LayerCurveDisplay:
     """
 
     def __init__(self, layers, scores_mean, scores_std=None, metric_name="score",
-                 best_layer=None, label=None):
+                 best_layer=None, label=None, tied_layers=None):
         self.layers = np.asarray(layers)
         self.scores_mean = np.asarray(scores_mean, dtype=float)
         self.scores_std = None if scores_std is None else np.asarray(scores_std, dtype=float)
         self.metric_name = metric_name
         self.best_layer = best_layer
         self.label = label
+        self.tied_layers = None if tied_layers is None else [int(t) for t in tied_layers]
         if self.layers.shape != self.scores_mean.shape or self.layers.ndim != 1:
             raise ValueError(
                 f"layers (shape {self.layers.shape}) and scores_mean (shape "
@@ -117,20 +125,38 @@ class LayerCurveDisplay:
             s = self.scores_std[order]
             band_kw = {"alpha": 0.2, "color": self.line_.get_color(), **(band_kw or {})}
             self.band_ = ax.fill_between(x, m - s, m + s, **band_kw)
+        self.tied_spans_ = self._draw_tied(ax, x, m) if self.tied_layers else []
         self.best_line_ = None
         if show_best and self.best_layer is not None:
             self.best_line_ = ax.axvline(self.best_layer, linestyle="--", color="0.4",
                                          label=f"best layer ({self.best_layer})")
         ax.set_xlabel("Layer")
         ax.set_ylabel(_pretty_metric(self.metric_name))
-        if self.label is not None or self.best_line_ is not None:
+        if self.label is not None or self.best_line_ is not None or self.tied_spans_:
             ax.legend(loc="best")
         self.ax_, self.figure_ = ax, fig
         return self
 
+    def _draw_tied(self, ax, x, m):
+        """Shade runs of adjacent tied layers (adjacent among the plotted ones)."""
+        tied = np.isin(x, self.tied_layers)
+        half = 0.5 * (np.diff(x).min() if len(x) > 1 else 1)
+        spans, start = [], None
+        for i, is_tied in enumerate([*tied, False]):
+            if is_tied and start is None:
+                start = i
+            elif not is_tied and start is not None:
+                label = "not significantly worse than the best" if not spans else None
+                spans.append(ax.axvspan(x[start] - half, x[i - 1] + half, color="tab:green",
+                                        alpha=0.12, lw=0, label=label, zorder=0))
+                start = None
+        ax.plot(x[tied], m[tied], linestyle="none", marker="o",
+                color=self.line_.get_color())
+        return spans
+
     @classmethod
-    def from_sweep(cls, result, metric="accuracy", *, variant=0, best="auto", ax=None,
-                   **plot_kw):
+    def from_sweep(cls, result, metric="accuracy", *, variant=0, best="auto",
+                   show_tied=True, ax=None, **plot_kw):
         """Draw the curve of ``metric`` from a :class:`~sklearn_endo.LayerSweepResult`.
 
         Parameters
@@ -145,6 +171,10 @@ class LayerCurveDisplay:
             lowest mean for losses and errors (``log_loss``), the highest for scores.
             It can differ from ``result.best_layer_``, which is chosen on log-loss;
             pass ``best=result.best_layer_`` to mark that one.
+        show_tied : bool, default=True
+            Shade the layers not significantly worse than the best layer of the plotted
+            metric (``result.compare(metric).tied_candidates``: corrected t-test,
+            Holm, alpha 0.05).
         ax : matplotlib Axes or None
         **plot_kw
             Passed to :meth:`plot`.
@@ -158,13 +188,17 @@ class LayerCurveDisplay:
         mean = result.mean(metric, variant)
         if best == "auto":
             best = _best_of(np.asarray(result.layers), mean, _lower_is_better(metric))
+        tied = None
+        if show_tied and getattr(result, "n_train_", None) is not None:
+            tied = result.compare(metric, variant).tied_candidates
         disp = cls(result.layers, mean, result.std(metric, variant), metric,
-                   best_layer=best, label=label)
+                   best_layer=best, label=label, tied_layers=tied)
         return disp.plot(ax=ax, **plot_kw)
 
     @classmethod
     def from_cv_results(cls, cv_results, *, param=None, metric="mean_test_score",
-                        scoring=None, n_layers=None, best="auto", ax=None, **plot_kw):
+                        scoring=None, n_layers=None, best="auto", tied_layers=None,
+                        ax=None, **plot_kw):
         """Draw the curve from a fitted ``GridSearchCV.cv_results_`` over the layer.
 
         Parameters
@@ -190,6 +224,10 @@ class LayerCurveDisplay:
             indices must not be mixed.
         best : "auto" or int or None
             The marked layer; "auto" marks the best score (lowest loss).
+        tied_layers : list of int or None
+            Layers to shade as not significantly worse than the best, e.g.
+            ``compare_cv_results(search, X=X, y=y).tied_candidates``
+            (:func:`sklearn_endo.model_selection.compare_cv_results`).
         ax : matplotlib Axes or None
         **plot_kw
             Passed to :meth:`plot`.
@@ -248,6 +286,8 @@ class LayerCurveDisplay:
         pick = np.asarray(pick)
         if best == "auto":
             best = _best_of(uniq, mean[pick], lower_is_better)
+        if tied_layers is not None and n_layers is not None:
+            tied_layers = [t if t >= 0 else n_layers + 1 + t for t in tied_layers]
         disp = cls(uniq, mean[pick], None if std is None else std[pick], scorer_name,
-                   best_layer=best)
+                   best_layer=best, tied_layers=tied_layers)
         return disp.plot(ax=ax, **plot_kw)
