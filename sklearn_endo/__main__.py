@@ -74,6 +74,10 @@ def _parser():
                     help="encoder input size in pixels (default: 160)")
     ap.add_argument("--cv", type=_int_at_least(2), default=5,
                     help="number of stratified folds (default: 5)")
+    ap.add_argument("--repeats", type=_int_at_least(1), default=1,
+                    help="repeat the --cv folds on new shuffles (repeated stratified k-fold):"
+                         " more folds for the layer comparison, no extra encoder pass "
+                         "(default: 1)")
     ap.add_argument("--out", default="layer_sweep.png",
                     help="where to write the plot (default: layer_sweep.png)")
     ap.add_argument("--random-state", type=int, default=0)
@@ -132,6 +136,11 @@ def _load_transformer(args, X, **params):
     return t, weights
 
 
+def _folds(args):
+    """``5 folds``, or ``5 folds x 10 repeats`` with --repeats."""
+    return f"{args.cv} folds" + (f" x {args.repeats} repeats" if args.repeats > 1 else "")
+
+
 class _TickingScorer:
     """A scorer that also advances a progress bar: GridSearchCV calls it once per fit."""
 
@@ -163,7 +172,11 @@ def _layer_search(transformer, X, y, layers, args, *, metrics, refit):
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import get_scorer
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import (
+        GridSearchCV,
+        RepeatedStratifiedKFold,
+        StratifiedKFold,
+    )
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from tqdm.auto import tqdm
@@ -171,8 +184,13 @@ def _layer_search(transformer, X, y, layers, args, *, metrics, refit):
     pipe = make_pipeline(transformer, StandardScaler(),
                          LogisticRegression(C=0.1, max_iter=2000))
     grid = {"layerfeaturetransformer__layer": list(layers)}
-    cv = StratifiedKFold(args.cv, shuffle=True, random_state=args.random_state)
-    with tqdm(total=len(layers) * args.cv, desc="GridSearchCV fits", unit="fit", delay=2,
+    if args.repeats > 1:
+        cv = RepeatedStratifiedKFold(n_splits=args.cv, n_repeats=args.repeats,
+                                     random_state=args.random_state)
+    else:
+        cv = StratifiedKFold(args.cv, shuffle=True, random_state=args.random_state)
+    with tqdm(total=len(layers) * args.cv * args.repeats, desc="GridSearchCV fits",
+              unit="fit", delay=2,
               disable=args.quiet) as bar:
         scoring = {m: m for m in metrics}
         scoring["accuracy"] = _TickingScorer(get_scorer("accuracy"), bar)
@@ -182,15 +200,22 @@ def _layer_search(transformer, X, y, layers, args, *, metrics, refit):
     return search, time.perf_counter() - start
 
 
-def _print_table(res, names, layers):
+def _print_table(res, names, layers, cmp=None):
+    from sklearn_endo._cli_compare import _diff_cells
+
     width = max(18, max(len(names[la]) for la in layers))
-    print(f"\n{'layer':>5}  {'module':<{width}}  {'CV log-loss':>15}  {'CV accuracy':>15}")
+    header, cells = _diff_cells(cmp) if cmp is not None else ("", None)
+    extra = f"  {header}" if cmp is not None else ""
+    print(f"\n{'layer':>5}  {'module':<{width}}  {'CV log-loss':>15}  {'CV accuracy':>15}"
+          + extra)
     for i, params in enumerate(res["params"]):
         layer = params["layerfeaturetransformer__layer"]
+        cell = f"  {cells[i]}" if cmp is not None else ""
         print(f"{layer:>5}  {names[layer]:<{width}}  "
               f"{-res['mean_test_neg_log_loss'][i]:>6.3f} +- "
               f"{res['std_test_neg_log_loss'][i]:.3f}  "
-              f"{res['mean_test_accuracy'][i]:>6.3f} +- {res['std_test_accuracy'][i]:.3f}")
+              f"{res['mean_test_accuracy'][i]:>6.3f} +- {res['std_test_accuracy'][i]:.3f}"
+              + cell)
 
 
 def main(argv=None):
@@ -236,21 +261,25 @@ def _demo(argv):
                                                metrics=["neg_log_loss"],
                                                refit="neg_log_loss")
 
+    from sklearn_endo._cli_compare import _compare_layers, _print_comparison
+
     res = search.cv_results_
     names = transformer.layer_names_
-    _print_table(res, names, layers)
+    cmp = _compare_layers(search, y)
+    _print_table(res, names, layers, cmp)
     best = search.best_params_["layerfeaturetransformer__layer"]
     print(f"\nbest layer by CV log-loss: {best} of {n_layers} ({names[best]}), "
           f"log-loss {-search.best_score_:.3f}")
-    print(f"{len(layers)} layers x {args.cv} folds + refit in {search_seconds:.1f} s "
+    _print_comparison(cmp)
+    print(f"{len(layers)} layers x {_folds(args)} + refit in {search_seconds:.1f} s "
           f"after the encoder pass; {images_seen[0] / len(X):.2f} encoder passes per image")
     title = (f"{args.encoder}, {weights} weights\n{args.cv}-fold CV log-loss per layer "
              f"(best: {best})")
-    _plot(res, best, title, args.out)
+    _plot(res, best, title, args.out, cmp)
     return 0
 
 
-def _plot(res, best, title, path):
+def _plot(res, best, title, path, cmp=None):
     try:
         import matplotlib
 
@@ -261,7 +290,7 @@ def _plot(res, best, title, path):
         return None
     disp = LayerCurveDisplay.from_cv_results(
         res, param="layerfeaturetransformer__layer", metric="mean_test_neg_log_loss",
-        best=best)
+        best=best, tied_layers=None if cmp is None else cmp.tied_candidates)
     disp.ax_.set_title(title)
     disp.figure_.tight_layout()
     disp.figure_.savefig(path, dpi=120)
@@ -330,6 +359,10 @@ def _sweep_parser():
                     help="pooling of each layer's tokens or feature map (default: mean)")
     ap.add_argument("--cv", type=_int_at_least(2), default=5,
                     help="number of stratified folds (default: 5)")
+    ap.add_argument("--repeats", type=_int_at_least(1), default=1,
+                    help="repeat the --cv folds on new shuffles (repeated stratified k-fold):"
+                         " more folds for the layer comparison, no extra encoder pass "
+                         "(default: 1)")
     ap.add_argument("--img-size", type=_int_at_least(1), default=None,
                     help="encoder input size in pixels (default: the encoder's own)")
     ap.add_argument("--batch-size", type=_int_at_least(1), default=32,
@@ -453,7 +486,7 @@ def sweep_main(argv):
     print(f"{len(X)} images in {len(classes)} classes from {args.data_dir} "
           f"({', '.join(f'{k}: {v}' for k, v in counts.items())})\n"
           f"encoder {args.encoder} ({weights} weights, {n_layers} blocks, input {size}, "
-          f"{args.pooling} pooling); {len(layers)} layers x {args.cv} folds; "
+          f"{args.pooling} pooling); {len(layers)} layers x {_folds(args)}; "
           f"feature store {args.store}", flush=True)
 
     with _counting_encoder_images(transformer.encoder_) as images_seen:
@@ -472,22 +505,26 @@ def sweep_main(argv):
                                                metrics=SWEEP_METRICS, refit=False)
         search_encoded = images_seen[0] - encoded
 
+    from sklearn_endo._cli_compare import _compare_layers, _comparison_json, _print_comparison
+
     res = search.cv_results_
-    _print_table(res, names, layers)
+    cmp = _compare_layers(search, y)
+    _print_table(res, names, layers, cmp)
     # the first of equal losses, as GridSearchCV ranks them
     best_i = int(res["rank_test_neg_log_loss"].argmin())
     best = layers[best_i]
     print(f"\nbest layer by CV log-loss: {best} of {n_layers} ({names[best]}), "
           f"log-loss {-res['mean_test_neg_log_loss'][best_i]:.3f}")
+    _print_comparison(cmp)
     passes = images_seen[0] / len(X)
-    print(f"{len(layers)} layers x {args.cv} folds in {search_seconds:.1f} s after the "
+    print(f"{len(layers)} layers x {_folds(args)} in {search_seconds:.1f} s after the "
           f"encoder pass; {passes:.2f} encoder passes per image")
 
     csv_path = os.path.join(args.out, "layer_metrics.csv")
-    _write_csv(csv_path, res, layers, names, best)
+    _write_csv(csv_path, res, layers, names, best, cmp)
     title = (f"{args.encoder}, {weights} weights, {len(X)} images\n{args.cv}-fold CV "
              f"log-loss per layer (best: {best})")
-    png = _plot(res, best, title, os.path.join(args.out, "layer_curve.png"))
+    png = _plot(res, best, title, os.path.join(args.out, "layer_curve.png"), cmp)
     summary = {
         "data_dir": os.path.abspath(args.data_dir),
         "n_images": len(X),
@@ -500,6 +537,7 @@ def sweep_main(argv):
         "layers": layers,
         "layer_names": [names[la] for la in layers],
         "cv": args.cv,
+        "repeats": args.repeats,
         "random_state": args.random_state,
         "probe": "StandardScaler + LogisticRegression(C=0.1)",
         "best_layer": best,
@@ -508,6 +546,7 @@ def sweep_main(argv):
         "cv_log_loss_std": float(res["std_test_neg_log_loss"][best_i]),
         "cv_accuracy": float(res["mean_test_accuracy"][best_i]),
         "cv_accuracy_std": float(res["std_test_accuracy"][best_i]),
+        **_comparison_json(cmp),
         "images_encoded": encoded + search_encoded,
         "encoder_passes_per_image": passes,
         "store": os.path.abspath(args.store),
@@ -525,11 +564,14 @@ def sweep_main(argv):
     return 0
 
 
-def _write_csv(path, res, layers, names, best):
+def _write_csv(path, res, layers, names, best, cmp=None):
     columns = ["layer", "module"]
     for m in SWEEP_METRICS:
         name = m.removeprefix("neg_")
         columns += [f"{name}_mean", f"{name}_std"]
+    if cmp is not None:
+        columns += ["log_loss_diff_to_best", "diff_ci95_low", "diff_ci95_high",
+                    "p_vs_best", "p_vs_best_holm", "tied_with_best", "within_one_se"]
     columns += ["fit_time_mean_s", "best"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -540,6 +582,11 @@ def _write_csv(path, res, layers, names, best):
                 sign = -1.0 if m.startswith("neg_") else 1.0
                 row += [f"{sign * res[f'mean_test_{m}'][i]:.6g}",
                         f"{res[f'std_test_{m}'][i]:.6g}"]
+            if cmp is not None:
+                row += [f"{v:.6g}" for v in (cmp.diff_to_best[i], cmp.diff_to_best_low[i],
+                                             cmp.diff_to_best_high[i], cmp.pvalue_vs_best[i],
+                                             cmp.pvalue_vs_best_holm[i])]
+                row += [int(cmp.tied[i]), int(cmp.one_se[i])]
             row += [f"{res['mean_fit_time'][i]:.4g}", int(layer == best)]
             w.writerow(row)
 

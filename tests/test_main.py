@@ -84,9 +84,18 @@ def test_tiny_run_prints_the_table_and_writes_the_curve(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines()
             if line[:5].strip().isdigit() and "+-" in line]
     assert [int(r[0]) for r in rows] == list(range(9))
-    loss = np.array([float(r[-6]) for r in rows])
+    loss = np.array([float(r[r.index("+-") - 1]) for r in rows])
     best = int(out.split("best layer by CV log-loss: ")[1].split()[0])
     assert loss[best] == loss.min()
+    # the column: log-loss minus the best's, with its interval; the best row says so
+    diffs = [line.split("+-")[-1].split()[1:] for line in out.splitlines()
+             if line[:5].strip().isdigit() and "+-" in line]
+    assert diffs[best] == ["best", "yes"]
+    for layer, cell in enumerate(diffs):
+        if layer != best:
+            assert float(cell[0]) == pytest.approx(loss[layer] - loss[best], abs=2e-3)
+    assert "best vs last layer (8): log-loss" in out or best == 8
+    assert "layers not significantly worse than the best (corrected t-test over 2 folds" in out
     assert "1.00 encoder passes per image" in out
     table = [line for line in out.splitlines() if "+-" in line or line.startswith("layer ")]
     # columns aligned: every row ends where the header ends
@@ -372,3 +381,35 @@ def test_ctrl_c_during_sweep_prints_one_line_and_the_rerun_resumes(tmp_path, cap
     seen = counter(_encoder_module())
     assert cli.main(argv) == 0
     assert seen.images == 4  # only what the interrupted run had not stored
+
+
+def test_sweep_reports_which_layers_tie_with_the_best(tmp_path, capsys, counter):
+    import json
+
+    data = _write_tree(tmp_path / "data", (6, 6))
+    out = tmp_path / "out"
+    argv = ["sweep", str(data), *SWEEP, "--cv", "3", "--repeats", "2", "--layers", "0,4,8",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 layers x 3 folds x 2 repeats" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["repeats"] == 2
+    assert summary["comparison"]["n_folds"] == 6
+    assert (summary["comparison"]["n_train"], summary["comparison"]["n_test"]) == (8, 4)
+    rows = _read_csv(out / "layer_metrics.csv")
+    tied = [int(r["layer"]) for r in rows if r["tied_with_best"] == "1"]
+    assert summary["tied_layers"] == tied and summary["best_layer"] in tied
+    assert summary["smallest_tied_layer"] == min(tied)
+    bl = summary["best_vs_last"]
+    assert bl["last_layer"] == 8 and bl["significant"] == (8 not in tied)
+    best = summary["best_layer"]
+    loss = {int(r["layer"]): float(r["log_loss_mean"]) for r in rows}
+    if best != 8:
+        assert bl["log_loss_difference"] == pytest.approx(loss[best] - loss[8], abs=1e-5)
+        assert bl["ci95"][0] <= bl["log_loss_difference"] <= bl["ci95"][1]
+        assert f"best vs last layer (8): log-loss {bl['log_loss_difference']:+.3f}" in printed
+    for r in rows:
+        assert float(r["log_loss_diff_to_best"]) == pytest.approx(
+            loss[int(r["layer"])] - loss[best], abs=1e-5)
+    assert "layers not significantly worse than the best" in printed
