@@ -18,8 +18,57 @@ from ._lightly import require_lightly
 
 
 def cosine_momentum(start, progress):
-    """Momentum rising from ``start`` to 1 along a half cosine over training."""
-    return 1.0 - (1.0 - start) * (math.cos(math.pi * min(1.0, progress)) + 1.0) / 2.0
+    """Momentum rising from ``start`` to 1 along a half cosine over training.
+
+    ``1 - (1 - start) * (cos(pi * progress) + 1) / 2``: MoCo v3's ``adjust_moco_momentum``
+    and DINO's ``cosine_scheduler(start, 1, ...)`` at ``progress = it / total``.
+    """
+    return cosine_between(start, 1.0, progress)
+
+
+def cosine_between(start, end, progress):
+    """``end + (start - end) * (1 + cos(pi * progress)) / 2``: ``start`` at 0, ``end`` at 1.
+
+    DINO's ``cosine_scheduler`` (teacher momentum 0.996 -> 1, weight decay 0.04 -> 0.4).
+    """
+    progress = min(1.0, max(0.0, float(progress)))
+    return end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+def mocov3_contrastive(q, k, temperature):
+    """MoCo v3's ``ctr(q, k)``: InfoNCE of each query against the batch's keys.
+
+    ``CE(normalize(q) @ normalize(k).T / tau, arange(N)) * 2 * tau``: row ``i``'s positive
+    is key ``i`` (the other view of image ``i``), its negatives the other ``N - 1`` keys
+    (no query-query pairs, no queue); the ``2 * tau`` factor is the paper's (it makes the
+    gradient's scale independent of ``tau``).
+    """
+    q = nn.functional.normalize(q.float(), dim=1)
+    k = nn.functional.normalize(k.float(), dim=1)
+    logits = q @ k.T / temperature
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return nn.functional.cross_entropy(logits, labels) * (2.0 * temperature)
+
+
+def dino_teacher_temp(epoch, start, end, warmup_epochs):
+    """DINO's teacher temperature in ``epoch`` (0-based): a linear warm-up from ``start`` to
+    ``end`` over ``warmup_epochs`` epochs (``np.linspace``, both ends included), then
+    ``end``."""
+    warmup_epochs = int(warmup_epochs)
+    if epoch >= warmup_epochs:
+        return float(end)
+    if warmup_epochs == 1:
+        return float(start)
+    return float(start) + (float(end) - float(start)) * epoch / (warmup_epochs - 1)
+
+
+def clip_each_gradient(module, max_norm):
+    """DINO's ``clip_gradients``: every parameter's gradient clipped to norm ``max_norm``
+    on its own (not the global norm)."""
+    for p in module.parameters():
+        if p.grad is not None:
+            norm = p.grad.detach().norm(2)
+            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
 def _frozen_copy(module):
@@ -33,12 +82,21 @@ class SSLMethod(nn.Module):
     """Base: ``forward(views, progress)`` returns the loss of a batch of views.
 
     ``views`` is (B, V, 3, H, W), normalised; ``progress`` in [0, 1] is the fraction of
-    optimizer steps done. ``after_step`` runs after each optimizer step.
+    optimizer steps done. ``start_epoch(epoch)`` runs before each epoch,
+    ``before_step(epoch)`` between the (unscaled) backward pass and the optimizer step,
+    and ``after_step(it, total)`` after optimizer step ``it`` (0-based) of ``total`` was
+    taken (never after a step the gradient scaler skipped).
     """
 
     n_views = 2
 
-    def after_step(self, progress):
+    def start_epoch(self, epoch):
+        pass
+
+    def before_step(self, epoch):
+        pass
+
+    def after_step(self, it, total):
         pass
 
     def teacher_modules(self):
@@ -65,10 +123,11 @@ class BarlowTwins(SSLMethod):
 class MoCoV3(SSLMethod):
     """MoCo v3: a predictor on the online branch, a momentum key encoder, InfoNCE.
 
-    The symmetric loss ``ntxent(q0, k1) + ntxent(q1, k0)`` uses lightly's NTXentLoss
-    (in-batch negatives, ``temperature``); the key branch (encoder and projector) is an
-    exponential moving average whose momentum rises from ``momentum`` to 1 along a
-    half cosine.
+    The paper's symmetric loss ``ctr(q1, k2) + ctr(q2, k1)`` (:func:`mocov3_contrastive`:
+    each query against the other view's keys of the whole batch, ``2 * temperature``
+    scale); the keys come from the key branch (encoder and projector), an exponential
+    moving average whose momentum rises from ``momentum`` to 1 along a half cosine.
+    The projector and predictor are lightly's ``MoCoProjectionHead``.
     """
 
     def __init__(self, encoder, dim, *, hidden, out, temperature, momentum):
@@ -81,24 +140,30 @@ class MoCoV3(SSLMethod):
                                                     batch_norm=True)
         self.momentum_encoder = _frozen_copy(encoder)
         self.momentum_projector = _frozen_copy(self.projector)
-        self.criterion = loss.NTXentLoss(temperature=temperature)
+        self.temperature = float(temperature)
         self.momentum = momentum
 
     def teacher_modules(self):
         return [self.momentum_encoder, self.momentum_projector]
 
     def forward(self, views, progress):
-        q0 = self.predictor(self.projector(self.encoder(views[:, 0])))
-        q1 = self.predictor(self.projector(self.encoder(views[:, 1])))
+        q1 = self.predictor(self.projector(self.encoder(views[:, 0])))
+        q2 = self.predictor(self.projector(self.encoder(views[:, 1])))
         with torch.no_grad():
-            k0 = self.momentum_projector(self.momentum_encoder(views[:, 0]))
-            k1 = self.momentum_projector(self.momentum_encoder(views[:, 1]))
-        return self.criterion(q0, k1) + self.criterion(q1, k0)
+            k1 = self.momentum_projector(self.momentum_encoder(views[:, 0]))
+            k2 = self.momentum_projector(self.momentum_encoder(views[:, 1]))
+        tau = self.temperature
+        return mocov3_contrastive(q1, k2, tau) + mocov3_contrastive(q2, k1, tau)
+
+    def momentum_at(self, it, total):
+        """The momentum after optimizer step ``it``: MoCo v3 updates the key encoder at
+        the start of the next iteration, with ``m`` at epoch ``(it + 1) / total``."""
+        return cosine_momentum(self.momentum, (it + 1) / max(1, total))
 
     @torch.no_grad()
-    def after_step(self, progress):
+    def after_step(self, it, total):
         _, _, utils = require_lightly()
-        m = cosine_momentum(self.momentum, progress)
+        m = self.momentum_at(it, total)
         utils.update_momentum(self.encoder, self.momentum_encoder, m)
         utils.update_momentum(self.projector, self.momentum_projector, m)
 
@@ -108,13 +173,18 @@ class DINO(SSLMethod):
 
     Two global views and, with multi-crop, ``(global, local)`` view stacks: the
     teacher sees the global views only, the student every view, and lightly's DINOLoss
-    sums the cross-entropy of every (teacher view, other student view) pair (teacher
-    temperature 0.04, student 0.1, centre momentum 0.9). lightly's
-    DINOProjectionHead; the teacher's momentum rises from ``momentum`` (0.996) to 1
-    along a half cosine.
+    averages the cross-entropy of every (teacher view, other student view) pair
+    (student temperature 0.1, centre momentum 0.9; the teacher temperature from
+    :func:`dino_teacher_temp`). lightly's DINOProjectionHead (weight-normalised last
+    layer of norm 1). As DINO's ``main_dino.py``: the teacher's momentum follows
+    DINO's cosine schedule from ``momentum`` (0.996) to 1 (``m`` at ``it / total``
+    after step ``it``), the last layer gets no update during the first
+    ``freeze_last_layer`` epochs, and every parameter's gradient is clipped to norm
+    ``clip_grad``.
     """
 
-    def __init__(self, encoder, dim, *, hidden, bottleneck, out, momentum):
+    def __init__(self, encoder, dim, *, hidden, bottleneck, out, momentum,
+                 teacher_temp=(0.04, 0.04, 0), freeze_last_layer=1, clip_grad=3.0):
         super().__init__()
         loss, modules, _ = require_lightly()
         self.encoder = encoder
@@ -127,12 +197,21 @@ class DINO(SSLMethod):
         for p in self.teacher_head.parameters():
             p.requires_grad_(False)
         self.teacher_encoder = _frozen_copy(encoder)
+        self.teacher_temp = tuple(float(t) for t in teacher_temp[:2]) + (
+            int(teacher_temp[2]),)
         self.criterion = loss.DINOLoss(output_dim=out, warmup_teacher_temp=0.04,
-                                       teacher_temp=0.04)
+                                       teacher_temp=0.04, student_temp=0.1,
+                                       center_momentum=0.9)
         self.momentum = momentum
+        self.freeze_last_layer = int(freeze_last_layer)
+        self.clip_grad = clip_grad
+        self.epoch = 0
 
     def teacher_modules(self):
         return [self.teacher_encoder, self.teacher_head]
+
+    def start_epoch(self, epoch):
+        self.epoch = int(epoch)
 
     def forward(self, views, progress):
         local = None
@@ -147,12 +226,25 @@ class DINO(SSLMethod):
             b, n_local = local.shape[:2]
             out = self.head(self.encoder(local.flatten(0, 1)))
             student += list(out.view(b, n_local, -1).unbind(1))
-        return self.criterion(teacher, student)
+        temp = dino_teacher_temp(self.epoch, *self.teacher_temp)
+        return self.criterion([t.float() for t in teacher], [s.float() for s in student],
+                              teacher_temp=temp)
+
+    def before_step(self, epoch):
+        if self.clip_grad:
+            clip_each_gradient(self, self.clip_grad)
+        if epoch < self.freeze_last_layer:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    def momentum_at(self, it, total):
+        """DINO's ``momentum_schedule[it]``, used after optimizer step ``it``."""
+        return cosine_momentum(self.momentum, it / max(1, total))
 
     @torch.no_grad()
-    def after_step(self, progress):
+    def after_step(self, it, total):
         _, _, utils = require_lightly()
-        m = cosine_momentum(self.momentum, progress)
+        m = self.momentum_at(it, total)
         utils.update_momentum(self.encoder, self.teacher_encoder, m)
         utils.update_momentum(self.head, self.teacher_head, m)
 

@@ -18,9 +18,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._device import autocast_context, autocast_dtype, needs_grad_scaler
 from .._encoders import resolve_device, resolve_encoder
-from .._images import check_images, load_image, make_loader, resize_image
+from .._images import check_images, image_hashes, load_image, make_loader, resize_image
 from ._augment import MultiCrop, make_local_views, make_views
-from ._methods import DINO, MAE, BarlowTwins, MoCoV3, is_timm_vit
+from ._checkpoint import (
+    check_checkpoint_dir,
+    data_digest,
+    resume_scaler,
+    save_safetensors,
+    settings_key,
+    step_was_skipped,
+)
+from ._methods import DINO, MAE, BarlowTwins, MoCoV3, cosine_between, is_timm_vit
 
 __all__ = ["METHODS", "SelfSupervisedPretrainer"]
 
@@ -71,13 +79,16 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         ``lambda_param``. ``"mocov3"``: two views, 3-layer projector and 2-layer
         predictor with batch norm (hidden ``min(4096, 4 * dim)``, output
         ``projection_dim``, default 256), momentum key encoder (cosine schedule from
-        ``momentum``, default 0.99), InfoNCE at ``temperature``. ``"mae"``: timm ViTs
+        ``momentum``, default 0.99), the paper's symmetric InfoNCE
+        ``ctr(q1, k2) + ctr(q2, k1)`` at ``temperature`` (scaled by ``2 * temperature``). ``"mae"``: timm ViTs
         only; ``mask_ratio`` of the patches masked, a light decoder
         (``decoder_depth`` blocks of width ``decoder_dim``). ``"dino"``: a student and a
         momentum teacher (default momentum 0.996) on two global views (and
         ``n_local_crops`` local ones for the student), with lightly's centred,
-        sharpened DINO loss; ``projection_dim`` prototypes (default
-        ``min(65536, 16 * dim)``).
+        sharpened DINO loss (``teacher_temp``); ``projection_dim`` prototypes (default
+        ``min(65536, 16 * dim)``); as DINO's recipe, the last layer is frozen during the
+        first epoch, each gradient clipped to norm 3 and the weight decay rises along a
+        cosine (``weight_decay_end``).
     pretrained : bool, default=False
         Start from the pretrained weights of a named encoder (continued pretraining);
         offline with nothing cached this raises ``WeightsUnavailableError``, never
@@ -111,6 +122,11 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         Barlow Twins' redundancy-reduction weight.
     temperature : float, default=0.2
         MoCo v3's InfoNCE temperature.
+    teacher_temp : float or (float, float, int), default=0.04
+        DINO's teacher temperature, or ``(start, end, epochs)``: a linear warm-up from
+        ``start`` to ``end`` over ``epochs`` epochs (DINO's ``--warmup_teacher_temp``,
+        ``--teacher_temp``, ``--warmup_teacher_temp_epochs``; its authors use
+        ``(0.04, 0.07, 30)`` for long runs).
     momentum : float or None, default=None
         Start of the cosine momentum schedule of MoCo v3 (default 0.99) and DINO
         (default 0.996).
@@ -120,8 +136,13 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         Width and number of blocks of MAE's decoder.
     lr : float, default=1e-3
         Peak learning rate of AdamW (after warm-up).
-    weight_decay : float, default=0.05
+    weight_decay : float or None, default=None
         AdamW weight decay, on weights of two or more dimensions (not biases or norms).
+        None: 0.04 for DINO (as DINO), 0.05 otherwise.
+    weight_decay_end : float or None, default=None
+        The weight decay at the end of a cosine schedule from ``weight_decay``, set every
+        optimizer step. None: ``10 * weight_decay`` for DINO (0.04 -> 0.4, as DINO), a
+        constant ``weight_decay`` for the other methods.
     warmup_epochs : float, default=1
         Linear warm-up length in epochs; then a cosine decay to ``lr / 100``, stepped
         every optimizer step.
@@ -135,12 +156,18 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         losses still see ``batch_size``).
     amp : bool, default=True
         Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient
-        scaler). Ignored on other devices.
+        scaler). Ignored on other devices. An optimizer step that the scaler skips
+        (inf or NaN gradients) moves neither the momentum teacher nor the lr schedule.
     checkpoint_dir : str or None, default=None
         After every epoch, the training state (weights, heads, optimizer, scaler, history,
-        seed) is written atomically to ``checkpoint_dir/last.pt``. A later ``fit`` with
-        the same settings resumes after the last finished epoch, and ends with the same
-        weights as an uninterrupted run; different settings raise ``ValueError``.
+        seed, optimizer steps, device and autocast dtype) is written atomically to
+        ``checkpoint_dir/last.pt``. A later ``fit`` on the same images (content hash)
+        with the same settings (every parameter that changes training, ``augment``
+        included; a callable by its qualified name) resumes after the last finished
+        epoch, and ends with the same weights as an uninterrupted run; other images or
+        settings raise ``ValueError``. A run may resume on another device or precision
+        (with a warning: not bit-identical). A ``checkpoint_dir`` that is a file or
+        cannot be written is refused before training.
     num_workers : int or "auto", default="auto"
         DataLoader workers: ``"auto"`` uses ``min(4, cpu count)`` for paths, 0 for
         arrays and PIL images.
@@ -205,9 +232,9 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
     def __init__(self, encoder, *, method="barlowtwins", pretrained=False,
                  checkpoint_path=None, img_size=None, augment=None, n_local_crops=0,
                  local_crop_size=None, projection_dim=None,
-                 lambda_param=0.0051, temperature=0.2, momentum=None, mask_ratio=0.75,
-                 decoder_dim=128, decoder_depth=2, lr=1e-3, weight_decay=0.05,
-                 warmup_epochs=1, max_epochs=10, batch_size=32, accumulate=1, amp=True,
+                 lambda_param=0.0051, temperature=0.2, teacher_temp=0.04, momentum=None,
+                 mask_ratio=0.75, decoder_dim=128, decoder_depth=2, lr=1e-3,
+                 weight_decay=None, weight_decay_end=None, warmup_epochs=1, max_epochs=10, batch_size=32, accumulate=1, amp=True,
                  checkpoint_dir=None, num_workers="auto", device="auto",
                  random_state=None, verbose=True):
         self.encoder = encoder
@@ -221,12 +248,14 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         self.projection_dim = projection_dim
         self.lambda_param = lambda_param
         self.temperature = temperature
+        self.teacher_temp = teacher_temp
         self.momentum = momentum
         self.mask_ratio = mask_ratio
         self.decoder_dim = decoder_dim
         self.decoder_depth = decoder_depth
         self.lr = lr
         self.weight_decay = weight_decay
+        self.weight_decay_end = weight_decay_end
         self.warmup_epochs = warmup_epochs
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -284,13 +313,25 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                                or pd < 1):
             raise ValueError(f"projection_dim={pd!r} must be None or a positive integer.")
         checks = [("lr", self.lr, lambda v: v > 0, "> 0"),
-                  ("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0"),
                   ("warmup_epochs", self.warmup_epochs, lambda v: v >= 0, ">= 0"),
                   ("lambda_param", self.lambda_param, lambda v: v > 0, "> 0"),
                   ("temperature", self.temperature, lambda v: v > 0, "> 0"),
                   ("mask_ratio", self.mask_ratio, lambda v: 0 < v < 1, "in (0, 1)")]
         if self.momentum is not None:
             checks.append(("momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)"))
+        for name in ("weight_decay", "weight_decay_end"):
+            if getattr(self, name) is not None:
+                checks.append((name, getattr(self, name), lambda v: v >= 0,
+                               ">= 0 (or None)"))
+        tt = self.teacher_temp
+        temps = list(tt[:2]) if isinstance(tt, (tuple, list)) and len(tt) == 3 else [tt]
+        if (isinstance(tt, (tuple, list)) and (
+                len(tt) != 3 or isinstance(tt[2], bool)
+                or not isinstance(tt[2], numbers.Integral) or tt[2] < 0)) or not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool)
+                and math.isfinite(v) and v > 0 for v in temps):
+            raise ValueError(f"teacher_temp={tt!r} must be a number > 0 or a (start, end, "
+                             f"epochs) triple, e.g. (0.04, 0.07, 30).")
         for name, v, ok, what in checks:
             if (isinstance(v, bool) or not isinstance(v, numbers.Real)
                     or not math.isfinite(v) or not ok(v)):
@@ -300,6 +341,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                                  and nw >= 0)):
             raise ValueError(f"num_workers={nw!r} must be 'auto' or an int >= 0.")
         make_views(self.augment, (32, 32), 1)  # raises for a bad augment
+        check_checkpoint_dir(self.checkpoint_dir)
         return resolve_device(self.device)
 
     def _seed(self):
@@ -371,9 +413,12 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                           temperature=self.temperature,
                           momentum=0.99 if self.momentum is None else self.momentum)
         if m == "dino":
+            tt = self.teacher_temp
+            tt = tuple(tt) if isinstance(tt, (tuple, list)) else (tt, tt, 0)
             return DINO(encoder, dim, hidden=min(2048, 4 * dim), bottleneck=min(256, dim),
                         out=pd or min(65536, 16 * dim),
-                        momentum=0.996 if self.momentum is None else self.momentum)
+                        momentum=0.996 if self.momentum is None else self.momentum,
+                        teacher_temp=tt, freeze_last_layer=1, clip_grad=3.0)
         if not is_timm_vit(encoder):
             raise ValueError(
                 f"method='mae' needs a timm VisionTransformer (it drops masked patch "
@@ -383,13 +428,27 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         return MAE(encoder, mask_ratio=self.mask_ratio, decoder_dim=self.decoder_dim,
                    decoder_depth=self.decoder_depth)
 
+    def _weight_decays(self):
+        """(start, end) of the weight decay's cosine schedule."""
+        dino = self.method == "dino"
+        start = (0.04 if dino else 0.05) if self.weight_decay is None else self.weight_decay
+        end = self.weight_decay_end
+        if end is None:
+            end = 10 * start if dino else start
+        return float(start), float(end)
+
     def _optimizer(self, module):
         decay, no_decay = [], []
         for p in module.parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self._weight_decays()[0]},
+             {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+
+    def _weight_decay_at(self, step, total):
+        start, end = self._weight_decays()
+        return cosine_between(start, end, step / max(1, total))
 
     def _lr_at(self, step, total, warmup):
         if step < warmup:
@@ -398,19 +457,19 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         floor = self.lr / 100
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    def _config(self, n_images):
+    def _config(self, images):
         """What a checkpoint must share with this fit to be resumed."""
-        enc = self.encoder
-        enc = enc if isinstance(enc, str) else f"<{type(enc).__name__}>"
         keys = ("method", "pretrained", "checkpoint_path", "img_size", "n_local_crops",
-                "local_crop_size", "projection_dim",
-                "lambda_param", "temperature", "momentum", "mask_ratio", "decoder_dim",
-                "decoder_depth", "lr", "weight_decay", "warmup_epochs", "max_epochs",
+                "local_crop_size", "projection_dim", "lambda_param", "temperature",
+                "teacher_temp", "momentum", "mask_ratio", "decoder_dim", "decoder_depth",
+                "lr", "weight_decay", "weight_decay_end", "warmup_epochs", "max_epochs",
                 "batch_size", "accumulate")
-        cfg = {k: repr(getattr(self, k)) for k in keys}
-        cfg.update(encoder=enc, n_images=str(n_images),
-                   random_state=repr(self.random_state)
-                   if isinstance(self.random_state, (numbers.Integral, type(None))) else "rs")
+        cfg = {k: settings_key(getattr(self, k)) for k in keys}
+        rs = self.random_state
+        cfg.update(encoder=settings_key(self.encoder), augment=settings_key(self.augment),
+                   n_images=str(len(images)), data=data_digest(image_hashes(images)),
+                   random_state=repr(rs) if isinstance(rs, (numbers.Integral, type(None)))
+                   else "rs")
         return cfg
 
     # ------------------------------------------------------------ fitting
@@ -438,7 +497,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                 f"X has {n} images, fewer than batch_size={self.batch_size}: every batch "
                 f"must be full (batch norm and in-batch contrast). Pass batch_size<={n} "
                 f"or more images.")
-        ckpt = self._read_checkpoint(n)
+        config = self._config(images) if self.checkpoint_dir is not None else None
+        ckpt = self._read_checkpoint(config)
         seed = ckpt["seed"] if ckpt is not None else self._seed()
         encoder, handle, size, dim = self._encoder_copy()
         with _forked_rng(seed):
@@ -449,14 +509,18 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         from skorch.history import History
 
         history = History()
-        start = 0
+        start = step = 0
+        runtime = {"device": device.type, "amp": bool(self.amp),
+                   "autocast_dtype": str(amp_dtype).replace("torch.", "")}
         if ckpt is not None:
             module.load_state_dict(ckpt["module"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+            resume_scaler(scaler, ckpt.get("scaler", {}), ckpt.get("runtime"), runtime,
+                          self.checkpoint_dir)
             for row in ckpt["history"]:
                 history.append(row)
             start = int(ckpt["epoch"])
+            step = int(ckpt.get("step", history[-1, "n_steps"] if len(history) else 0))
         self.seed_ = seed
         self.input_size_ = size
         self.data_config_ = dict(handle.data_config, input_size=size)
@@ -479,7 +543,8 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         warmup = int(round(float(self.warmup_epochs) * steps_per_epoch))
         state = {"module": module, "optimizer": optimizer, "scaler": scaler,
                  "mean": mean, "std": std, "amp_dtype": amp_dtype, "total": total,
-                 "warmup": warmup, "steps_per_epoch": steps_per_epoch}
+                 "warmup": warmup, "steps_per_epoch": steps_per_epoch, "step": step,
+                 "runtime": runtime, "config": config}
         workers = self.num_workers
         if workers == "auto":
             workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
@@ -503,7 +568,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
                 history.record("images_per_s", per_epoch * self.batch_size / dur)
                 self.n_epochs_ = epoch + 1
                 if self.checkpoint_dir is not None:
-                    self._write_checkpoint(n, epoch + 1, seed, state, history)
+                    self._write_checkpoint(epoch + 1, seed, state, history)
         except KeyboardInterrupt:
             warnings.warn(
                 f"Pretraining interrupted during epoch {epoch + 1} of {self.max_epochs}; "
@@ -525,7 +590,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         for m in module.teacher_modules():
             m.train()  # teachers' batch-norm statistics follow their inputs as well
         n_batches = len(loader)
-        step = epoch * state["steps_per_epoch"]
+        module.start_epoch(epoch)
         total_loss = torch.zeros((), device=device)
         bar = tqdm(total=n_batches, desc=f"{self.method} epoch {epoch + 1}/{self.max_epochs}",
                    disable=not self.verbose, leave=True)
@@ -537,20 +602,13 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
             else:
                 views = views.to(device, non_blocking=True)
                 views = (views - state["mean"]) / state["std"]
-            progress = step / max(1, state["total"])
+            progress = state["step"] / max(1, state["total"])
             with autocast_context(device, amp_dtype):
                 loss = module(views, progress)
             scaler.scale(loss / self.accumulate).backward()
             total_loss += loss.detach().float()
             if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
-                lr = self._lr_at(step, state["total"], state["warmup"])
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                module.after_step(step / max(1, state["total"]))
+                self._optimizer_step(state, epoch)
             if self.verbose and (i % 10 == 0 or i + 1 == n_batches):
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             bar.update(1)
@@ -560,7 +618,31 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
             raise FloatingPointError(
                 f"The {self.method} loss became {mean_loss} in epoch {epoch + 1}; lower lr "
                 f"(now {self.lr}) or raise warmup_epochs.")
-        return mean_loss, step
+        return mean_loss, state["step"]
+
+    def _optimizer_step(self, state, epoch):
+        """One optimizer step at the schedules' current step; True if it was taken.
+
+        A step the gradient scaler skips (inf/NaN gradients) leaves the step count, hence
+        the lr and weight-decay schedules and the momentum teacher, where they were.
+        """
+        module, optimizer, scaler = state["module"], state["optimizer"], state["scaler"]
+        step, total = state["step"], state["total"]
+        lr = self._lr_at(step, total, state["warmup"])
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        optimizer.param_groups[0]["weight_decay"] = self._weight_decay_at(step, total)
+        scaler.unscale_(optimizer)  # clipping (DINO) sees the true gradients
+        module.before_step(epoch)
+        scale_before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if step_was_skipped(scaler, scale_before):
+            return False
+        module.after_step(step, total)
+        state["step"] = step + 1
+        return True
 
     def _freeze_encoder(self):
         self.encoder_.eval()
@@ -571,7 +653,7 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
     def _checkpoint_file(self):
         return os.path.join(os.fspath(self.checkpoint_dir), _CHECKPOINT)
 
-    def _read_checkpoint(self, n_images):
+    def _read_checkpoint(self, want):
         if self.checkpoint_dir is None:
             return None
         path = self._checkpoint_file()
@@ -583,19 +665,21 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"checkpoint_dir={self.checkpoint_dir!r} holds {_CHECKPOINT}, which cannot "
                 f"be read ({type(exc).__name__}: {exc}); delete it to start afresh.") from None
-        want = self._config(n_images)
         diff = {k: (ckpt["config"].get(k), v) for k, v in want.items()
                 if ckpt["config"].get(k) != v}
         if diff:
+            what = ("other images (content hash)" if set(diff) <= {"data", "n_images"}
+                    else "other settings")
             raise ValueError(
-                f"checkpoint_dir={self.checkpoint_dir!r} holds a run with other settings "
+                f"checkpoint_dir={self.checkpoint_dir!r} holds a run with {what} "
                 f"(checkpoint vs now: {diff}); resume with the same settings and images, "
                 f"or use another checkpoint_dir (or delete {path!r}) to start afresh.")
         return ckpt
 
-    def _write_checkpoint(self, n_images, epoch, seed, state, history):
+    def _write_checkpoint(self, epoch, seed, state, history):
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        ckpt = {"config": self._config(n_images), "epoch": epoch, "seed": seed,
+        ckpt = {"config": state["config"], "epoch": epoch, "seed": seed,
+                "step": state["step"], "runtime": state["runtime"],
                 "module": state["module"].state_dict(),
                 "optimizer": state["optimizer"].state_dict(),
                 "scaler": state["scaler"].state_dict(),
@@ -655,12 +739,9 @@ class SelfSupervisedPretrainer(TransformerMixin, BaseEstimator):
         if not path.endswith(".safetensors"):
             raise ValueError(f"path={path!r} must end in '.safetensors' (the format "
                              f"checkpoint_path loads without unpickling).")
-        from safetensors.torch import save_file
-
         state = {k: v.detach().to("cpu").contiguous().clone()
                  for k, v in self.encoder_.state_dict().items()}
-        save_file(state, path, metadata={"format": "pt"})
-        return path
+        return save_safetensors(state, path)
 
 
 @contextlib.contextmanager
