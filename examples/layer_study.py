@@ -108,6 +108,8 @@ def main():
     print(f"best layer by CV log-loss: {best} ({transformer.layer_names_[best]}); "
           f"by CV accuracy: {best_acc}; extraction {sweep.extraction_seconds_:.1f} s, "
           f"probes {sweep.probe_seconds_:.1f} s")
+    # which layers are as good as the best: corrected t-test on the folds, Holm
+    print(sweep.comparison_.summary())
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
     setting = f"5-fold CV, {args.probe} probe"

@@ -48,9 +48,13 @@ def fit_and_score(X_train, y_train, X_test, y_test, **params):
     fit_s = time.perf_counter() - start
     proba = clf.predict_proba(X_test)
     pred = clf.classes_[proba.argmax(1)]
-    s = classification_summary(y_test, pred, y_score=proba, labels=clf.classes_)
+    # Wilson interval for accuracy, stratified bootstrap for balanced accuracy and AUC
+    s = classification_summary(y_test, pred, y_score=proba, labels=clf.classes_,
+                               random_state=0)
     return clf, dict(
         accuracy=s.accuracy, ci_low=s.accuracy_low, ci_high=s.accuracy_high,
+        roc_auc=s.roc_auc, auc_low=s.roc_auc_low, auc_high=s.roc_auc_high,
+        balanced_accuracy=s.balanced_accuracy,
         f1_macro=s.f1_macro, sensitivity=s.sensitivity, specificity=s.specificity,
         trainable=clf.n_trainable_params_, params=clf.n_params_,
         train_s_per_epoch=clf.train_time_per_epoch_, feature_s=clf.feature_time_,
@@ -117,7 +121,8 @@ def main():
             fitted[(label, name)] = clf
             rows.append(dict(encoder=label, scenario=name, **row))
             print(f"{label:36s} {name:24s} acc {row['accuracy']:.3f} "
-                  f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+                  f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] AUC {row['roc_auc']:.3f} "
+                  f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}] "
                   f"trainable {row['trainable']:,}  {row['train_s_per_epoch']:.2f} s/epoch")
     table = pd.DataFrame(rows)
     table.to_csv(os.path.join(args.out_dir, "scenarios.csv"), index=False)
