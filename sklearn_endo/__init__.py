@@ -7,7 +7,7 @@ protocols around them (layer sweeps, probes, CKA, clinical metrics).
 
 __version__ = "0.1.0"
 
-from . import datasets, finetune, inspection, metrics, plotting, probes, ubc
+from . import datasets, finetune, inspection, metrics, model_selection, plotting, probes, ubc
 from ._encoders import WeightsUnavailableError
 from ._store import FeatureStore, clear_feature_store
 from ._sweep import LayerSweepResult, layer_sweep, layer_sweep_from_features
@@ -36,6 +36,7 @@ __all__ = [
     "layer_sweep",
     "layer_sweep_from_features",
     "metrics",
+    "model_selection",
     "plotting",
     "probes",
     "ssl",
