@@ -45,11 +45,9 @@ def _print_comparison(cmp):
     if cmp.best_index == cmp.last_index:
         print(f"the best layer is the last swept layer ({cmp.last})")
     else:
-        verdict = "significantly" if bl["significant"] else "not significantly"
         print(f"best vs last layer ({cmp.last}): log-loss {bl['difference']:+.3f} [95% CI "
-              f"{bl['low']:+.3f}, {bl['high']:+.3f}], p = {bl['pvalue']:.3g} (Holm over "
-              f"{len(cmp.candidates) - 1} comparisons: {bl['pvalue_holm']:.3g}): "
-              f"{verdict} better than the last")
+              f"{bl['low']:+.3f}, {bl['high']:+.3f}], p = {bl['pvalue']:.3g}, Holm-adjusted "
+              f"{bl['pvalue_holm']:.3g}: {bl['verdict']}")
     print(f"layers not significantly worse than the best (corrected t-test over "
           f"{cmp.n_folds} folds, Holm, alpha 0.05): {_format_values(cmp.tied_candidates)};"
           f" the smallest: {cmp.smallest_tied}")
@@ -65,7 +63,7 @@ def _comparison_json(cmp):
         "best_vs_last": {"last_layer": cmp.last, "log_loss_difference": bl["difference"],
                          "ci95": [bl["low"], bl["high"]], "p_value": bl["pvalue"],
                          "p_value_holm": bl["pvalue_holm"],
-                         "significant": bl["significant"]},
+                         "significant": bl["significant"], "verdict": bl["verdict"]},
         "tied_layers": cmp.tied_candidates,
         "smallest_tied_layer": cmp.smallest_tied,
         "one_se_layers": cmp.one_se_candidates,

@@ -361,3 +361,23 @@ def test_compare_estimators_uses_one_set_of_folds(data):
     assert res.ttest == corrected_ttest(sa, sb, n_train=80, n_test=20)
     # C=1 has the lower loss here
     assert res.ttest.mean_difference < 0 and res.bayes.p_a_better > res.bayes.p_b_better
+
+
+def test_best_vs_last_verdict_says_when_only_holm_makes_it_not_significant():
+    fold = np.array([0.0, 0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01, 0.02, -0.02])
+    noise = np.array([0.03, -0.02, 0.01, -0.03, 0.01, 0.02, -0.01, 0.0, -0.01, 0.0])
+    # eight layers 0.01 below the best with much noise (p 0.26), the last 0.01 below
+    # with little noise: p = 0.006 alone, 9 x 0.006 = 0.054 after Holm
+    scores = {k: 0.80 + fold + np.roll(noise, k) for k in range(8)}
+    scores[8] = 0.81 + fold
+    scores[9] = 0.80 + fold + noise / 3
+    cmp = compare_fold_scores(scores, n_train=90, n_test=10)
+    bl = cmp.best_vs_last
+    assert cmp.best == 8 and cmp.last == 9
+    assert bl["pvalue_holm"] == pytest.approx(9 * bl["pvalue"]) and not bl["significant"]
+    assert bl["verdict"] == ("not significantly better than the last after Holm's "
+                             f"correction for 9 comparisons (p = {bl['pvalue']:.3g} alone)")
+    assert bl["verdict"] in cmp.summary() and cmp.tied_candidates == list(range(10))
+    scores[9] = 0.79 + fold  # clearly worse now
+    assert compare_fold_scores(scores, n_train=90, n_test=10).best_vs_last["verdict"] == (
+        "significantly better than the last (Holm over 9 comparisons)")

@@ -101,8 +101,9 @@ class CVComparison:
         The smallest value in each set (the cheapest encoder cut that is as good); None
         when the candidates are not numbers.
     best_vs_last : dict
-        ``difference`` (best - last), ``low``, ``high``, ``pvalue``, ``pvalue_holm``
-        and ``significant`` (the last is significantly worse than the best, after Holm).
+        ``difference`` (best - last), ``low``, ``high``, ``pvalue``, ``pvalue_holm``,
+        ``significant`` (the last is significantly worse than the best, after Holm)
+        and ``verdict`` (that in words).
     """
 
     def __init__(self, candidates, scores, *, n_train, n_test, greater_is_better=True,
@@ -185,6 +186,18 @@ class CVComparison:
             "pvalue_holm": float(self.pvalue_vs_best_holm[ref]) if b != ref else 1.0,
             "significant": bool(not self.tied[ref]),
         }
+        self.best_vs_last["verdict"] = self._verdict()
+
+    def _verdict(self):
+        bl, m = self.best_vs_last, int(np.isfinite(self.pvalue_vs_best).sum())
+        if self.best_index == self.last_index:
+            return f"the best is the last {self._name}"
+        if bl["significant"]:
+            return f"significantly better than the last (Holm over {m} comparisons)"
+        if bl["pvalue"] <= self.alpha:
+            return (f"not significantly better than the last after Holm's correction for "
+                    f"{m} comparisons (p = {bl['pvalue']:.3g} alone)")
+        return "not significantly better than the last"
 
     def _reference_index(self, reference):
         if reference is not None:
@@ -235,14 +248,12 @@ class CVComparison:
             lines[0] += f"; it is the last {name}"
         else:
             bl = self.best_vs_last
-            verdict = ("significantly better than" if bl["significant"]
-                       else "not significantly better than")
             lines[0] += (f"; vs the last {name} {self.last} "
                          f"({_num(self.mean[self.last_index])}): difference "
                          f"{_num(bl['difference'], True)} [{pct} CI {_num(bl['low'], True)}, "
                          f"{_num(bl['high'], True)}], p = {bl['pvalue']:.3g} (Holm over "
                          f"{int(np.isfinite(self.pvalue_vs_best).sum())}: "
-                         f"{bl['pvalue_holm']:.3g}): {verdict} the last")
+                         f"{bl['pvalue_holm']:.3g}): {bl['verdict']}")
         smallest = ("" if self.smallest_tied is None
                     else f"; the smallest: {self.smallest_tied}")
         lines.append(f"not significantly worse than the best (corrected t-test, Holm, "
