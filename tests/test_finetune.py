@@ -394,22 +394,30 @@ def test_encoder_is_a_plain_module_for_layer_features(images):
 
 
 # ---------------------------------------------------------------- BiT-HyperRule
-@pytest.mark.parametrize("n, size, batch, steps, warmup, decays, lr, mixup, crop", [
-    (1_000, 64, 32, 500, 100, [200, 300, 400], 0.003 * 32 / 512, 0.0, 128),
-    (50_000, 384, 512, 10_000, 500, [3000, 6000, 9000], 0.003, 0.1, 384),
-    (1_000_000, (500, 300), 128, 20_000, 500, [6000, 12_000, 18_000], 0.00075, 0.1, 384),
+# google-research/big_transfer bit_hyperrule.py: get_resolution returns (precrop, crop)
+# (160, 128) for images under 96 x 96 pixels, else (512, 480); the paper's text: (448, 384)
+@pytest.mark.parametrize("n, size, batch, steps, warmup, decays, lr, mixup, resize, crop", [
+    (1_000, 64, 32, 500, 100, [200, 300, 400], 0.003 * 32 / 512, 0.0, 160, 128),
+    (50_000, 384, 512, 10_000, 500, [3000, 6000, 9000], 0.003, 0.1, 512, 480),
+    (1_000_000, (500, 300), 128, 20_000, 500, [6000, 12_000, 18_000], 0.00075, 0.1, 512,
+     480),
 ])
-def test_bit_hyperrule_numbers(n, size, batch, steps, warmup, decays, lr, mixup, crop):
+def test_bit_hyperrule_numbers(n, size, batch, steps, warmup, decays, lr, mixup, resize,
+                               crop):
     rule = bit_hyperrule(n, size, batch)
     assert (rule.steps, rule.warmup_steps, rule.decay_steps) == (steps, warmup, decays)
-    assert math.isclose(rule.lr, lr) and rule.mixup_alpha == mixup and rule.crop == crop
-    assert rule.resize == {128: 160, 384: 448}[crop]
+    assert math.isclose(rule.lr, lr) and rule.mixup_alpha == mixup
+    assert (rule.resize, rule.crop) == (resize, crop)
+    paper = bit_hyperrule(n, size, batch, resolution="paper")
+    assert (paper.resize, paper.crop) == ((160, 128) if crop == 128 else (448, 384))
 
 
 def test_bit_hyperrule_boundaries_and_lr_curve():
     assert bit_hyperrule(19_999, 32).mixup_alpha == 0.0
     assert bit_hyperrule(20_000, 32).mixup_alpha == 0.1
-    assert bit_hyperrule(10, (95, 96)).crop == 128 and bit_hyperrule(10, 96).crop == 384
+    assert bit_hyperrule(10, (95, 96)).crop == 128 and bit_hyperrule(10, 96).crop == 480
+    with pytest.raises(ValueError, match="resolution='iccv'"):
+        bit_hyperrule(10, 96, resolution="iccv")
     rule = bit_hyperrule(100, 32, 512)
 
     def official(step, base=0.003, supports=(100, 200, 300, 400, 500)):
@@ -434,10 +442,15 @@ def test_bit_schedule_trains_with_the_rule(images):
     assert isinstance(clf.optimizer_, torch.optim.SGD)
     assert clf.optimizer_.param_groups[0]["momentum"] == 0.9
     lrs = [lr for epoch in clf.history for lr in (b["lr"] for b in epoch["batches"])]
-    rule = bit_hyperrule(20, (32, 32), 8)
     assert len(clf.history) == math.ceil(500 / 3)  # 20 images / 8 -> 3 batches an epoch
-    for step in (1, 50, 150, 250, 350, 450):
-        assert math.isclose(lrs[step - 1], rule.lr * bit_lr_factor(step, rule))
+    # by hand from big_transfer's get_lr: base 0.003 * 8 / 512 = 4.6875e-5, linear
+    # warm-up over 100 steps, x0.1 after steps 200, 300 and 400; lrs[k] is the lr set
+    # after batch k + 1, i.e. the lr of step k + 1
+    expected = {1: 4.6875e-7, 50: 2.34375e-5, 100: 4.6875e-5, 150: 4.6875e-5,
+                200: 4.6875e-5, 201: 4.6875e-6, 250: 4.6875e-6, 350: 4.6875e-7,
+                450: 4.6875e-8}
+    for step, lr in expected.items():
+        assert math.isclose(lrs[step - 1], lr, rel_tol=1e-9), step
 
 
 def test_warmup_plateau_schedule_and_best_epoch(images):

@@ -38,6 +38,15 @@ def data():
     return X, y, masks
 
 
+def hand_dice(true, pred):
+    """Mean over masks of 2 |T & P| / (|T| + |P|), 1 when both are empty."""
+    scores = []
+    for t, p in zip(np.asarray(true, bool), np.asarray(pred, bool)):
+        total = t.sum() + p.sum()
+        scores.append(1.0 if total == 0 else 2.0 * (t & p).sum() / total)
+    return float(np.mean(scores))
+
+
 @pytest.fixture(scope="module")
 def fitted(data):
     X, y, masks = data
@@ -55,8 +64,13 @@ def test_fit_predict_shapes_and_dtypes(data, fitted):
     assert m.shape == (8, 32, 32) and m.dtype == bool
     p = fitted.predict_masks(X, threshold=None)
     assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
-    assert 0 <= fitted.dice_score(X, masks) <= 1
-    assert 0 <= fitted.score(X, np.array(["normal", "polyp"])[y]) <= 1
+    assert fitted.dice_score(X, masks) == pytest.approx(hand_dice(masks, m), abs=1e-12)
+    assert fitted.dice_score(X, masks, threshold=0.9) == pytest.approx(
+        hand_dice(masks, p > 0.9), abs=1e-12)
+    labels = np.array(["normal", "polyp"])[y]
+    assert fitted.score(X, labels) == pytest.approx(np.mean(fitted.predict(X) == labels))
+    assert fitted.score(X, labels[::-1]) == pytest.approx(
+        np.mean(fitted.predict(X) == labels[::-1]))
     assert len(fitted.history) == 1
 
 
@@ -88,12 +102,15 @@ def test_paths_for_images_and_jpeg_masks(data, tmp_path):
     assert clf.predict(img_paths).shape == (8,)
     # JPEG masks are thresholded back to the exact square
     got = clf.dice_score(X, [None] + mask_paths[1:], threshold=0.5)
-    assert 0 <= got <= 1
+    assert got == pytest.approx(hand_dice(masks[1:], clf.predict_masks(X[1:])), abs=1e-12)
     from sklearn_endo._images import check_images
     from sklearn_endo.ubc._masks import check_masks
 
     read = check_masks(mask_paths, check_images(img_paths)).get(1, (32, 32))[0].numpy()
     np.testing.assert_array_equal(read.astype(bool), masks[1])
+    # an all-black JPEG mask decodes to ones (quantisation): it is empty, not all lesion
+    empty = check_masks(mask_paths, check_images(img_paths)).get(2, (32, 32))[0].numpy()
+    assert not masks[2].any() and not empty.any()
 
 
 def test_multiclass_masks_and_grey_input(data):
@@ -104,7 +121,19 @@ def test_multiclass_masks_and_grey_input(data):
     clf = UBCClassifier(**dict(TINY, in_chans=1, n_mask_classes=3)).fit(grey, y, masks=labels)
     pred = clf.predict_masks(grey)
     assert pred.shape == (8, 32, 32) and pred.dtype == np.int64 and pred.max() <= 2
-    assert clf.predict_masks(grey, threshold=None).shape == (8, 3, 32, 32)
+    proba = clf.predict_masks(grey, threshold=None)
+    assert proba.shape == (8, 3, 32, 32)
+    # per-pixel class probabilities (softmax over the 3 mask classes); labels = argmax
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(pred, proba.argmax(1))
+    # multi-class Dice: the mean over classes 1 and 2 of the binary Dice
+    expected = np.mean([hand_dice(labels == k, pred == k) for k in (1, 2)])
+    assert clf.dice_score(grey, labels) == pytest.approx(expected, abs=1e-12)
+    # grey input goes through a 1-channel network: (N, H, W) and (N, H, W, 1) agree,
+    # and the same pixels replicated to RGB are refused by the 1-channel model's input
+    first = next(m for m in clf.module_.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 1
+    np.testing.assert_array_equal(clf.predict_masks(grey[..., None], threshold=None), proba)
 
 
 def test_alpha_one_does_not_train_the_decoder_and_freeze_encoder(data):

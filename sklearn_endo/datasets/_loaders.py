@@ -295,12 +295,13 @@ def read_mask_file(path, threshold, where):
         with Image.open(path) as img:
             orientation = _images.exif_orientation(img, from_file=True)
             grey, top = _pil_grey(img, f"{where} = {os.fspath(path)!r}")
+            lossy = img.format == "JPEG"
     except _images.DecodeError:
         raise
     except Exception as exc:
         raise _images.DecodeError(_images.unreadable_message(
             where, path, exc, what="a mask image", fix=MASK_FILE_FIX)) from None
-    return _threshold_grey(_images.orient(grey, orientation), threshold, top)
+    return _threshold_grey(_images.orient(grey, orientation), threshold, top, lossy=lossy)
 
 
 MASK_FILE_FIX = ("The file is empty, not an image, truncated or corrupt: re-export the "
@@ -323,8 +324,9 @@ def _pil_grey(img, where):
     return np.asarray(img.convert("L")), 255
 
 
-def _threshold_grey(grey, threshold, top=255):
-    # a 0/1 mask would be all background after a threshold meant for 0/255
-    if grey.dtype.kind in "iub" and grey.max(initial=0) <= 1:
+def _threshold_grey(grey, threshold, top=255, *, lossy=False):
+    # a 0/1 mask would be all background after a threshold meant for 0/255; not for a
+    # JPEG, whose all-black mask decodes to ones (quantisation), never a 0/1 label map
+    if not lossy and grey.dtype.kind in "iub" and grey.max(initial=0) <= 1:
         return grey.astype(bool)
     return grey > threshold * (top / 255.0)

@@ -10,6 +10,9 @@ __all__ = ["bit_hyperrule"]
 
 BIT_BASE_LR = 0.003  # at batch 512, official big_transfer code (bit_hyperrule.py)
 BIT_BASE_BATCH = 512
+# (resize, crop) for images of at least 96 x 96 pixels; smaller ones: (160, 128) in both
+BIT_RESOLUTIONS = {"official": (512, 480),  # big_transfer's bit_hyperrule.get_resolution
+                   "paper": (448, 384)}  # the BiT paper's text (Section 3.3)
 
 
 def _positive_int(value, name):
@@ -18,7 +21,7 @@ def _positive_int(value, name):
     return int(value)
 
 
-def bit_hyperrule(n_train, image_size, batch_size=512):
+def bit_hyperrule(n_train, image_size, batch_size=512, *, resolution="official"):
     """Fine-tuning hyperparameters chosen by the BiT-HyperRule.
 
     The rule of the official ``big_transfer`` code (``bit_hyperrule.py``):
@@ -35,9 +38,11 @@ def bit_hyperrule(n_train, image_size, batch_size=512):
     0.003 at batch 512 scaled linearly to ``batch_size`` (``0.003 * batch_size / 512``,
     as the gastric-cancer study did), MixUp with alpha 0.1 only from 20,000 training
     images up, and the resolution by image area: smaller than 96 x 96 pixels -> resize
-    to 160 and random-crop 128; otherwise resize to 448 and random-crop 384. The
-    learning rate rises linearly from 0 during warm-up; the decays for the larger sets
-    are at 30%, 60% and 90% of the steps, for the smallest at 40%, 60% and 80%.
+    to 160 and random-crop 128; otherwise, as the official code's ``get_resolution``,
+    resize to 512 and random-crop 480 (the paper's text says 448 and 384:
+    ``resolution="paper"``). The learning rate rises linearly from 0 during warm-up;
+    the decays for the larger sets are at 30%, 60% and 90% of the steps, for the
+    smallest at 40%, 60% and 80%.
 
     Parameters
     ----------
@@ -47,6 +52,11 @@ def bit_hyperrule(n_train, image_size, batch_size=512):
         Size (height, width) of the original images.
     batch_size : int, default=512
         Batch size; the learning rate is scaled linearly from 0.003 at 512.
+    resolution : {"official", "paper"}, default="official"
+        The (resize, crop) for images of at least 96 x 96 pixels: ``"official"``
+        (512, 480), as ``bit_hyperrule.py`` of ``google-research/big_transfer``;
+        ``"paper"`` (448, 384), as the paper's text. Smaller images get (160, 128)
+        either way.
 
     Returns
     -------
@@ -63,7 +73,13 @@ def bit_hyperrule(n_train, image_size, batch_size=512):
     (500, 100, [200, 300, 400], 128)
     >>> round(rule.lr, 6), rule.mixup_alpha
     (0.000188, 0.0)
+    >>> bit_hyperrule(1000, 224).crop, bit_hyperrule(1000, 224, resolution="paper").crop
+    (480, 384)
     """
+    if not (isinstance(resolution, str) and resolution in BIT_RESOLUTIONS):
+        raise ValueError(f"resolution={resolution!r} must be one of "
+                         f"{sorted(BIT_RESOLUTIONS)}: 'official' (512, 480) as "
+                         f"big_transfer's bit_hyperrule.py, 'paper' (448, 384).")
     n_train = _positive_int(n_train, "n_train")
     batch_size = _positive_int(batch_size, "batch_size")
     if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
@@ -82,7 +98,7 @@ def bit_hyperrule(n_train, image_size, batch_size=512):
         supports = [500, 3000, 6000, 9000, 10_000]
     else:
         supports = [500, 6000, 12_000, 18_000, 20_000]
-    resize, crop = (160, 128) if h * w < 96 * 96 else (448, 384)
+    resize, crop = (160, 128) if h * w < 96 * 96 else BIT_RESOLUTIONS[resolution]
     return Bunch(
         steps=supports[-1], warmup_steps=supports[0], decay_steps=supports[1:4],
         lr=BIT_BASE_LR * batch_size / BIT_BASE_BATCH,
