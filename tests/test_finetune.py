@@ -478,6 +478,9 @@ def test_warmup_plateau_schedule_and_best_epoch(images):
             if bad > patience:
                 scale, bad = scale * 0.1, 0
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # by hand: warm-up factor (k + 1) / 3 before step k + 1 (2 warm-up steps), so the
+    # lrs set after steps 1, 2, 3 are 0.5 * 2/3, 0.5 and 0.5
+    np.testing.assert_allclose(got[:3], [1 / 3, 0.5, 0.5], rtol=1e-9)
     assert scale < 1  # the plateau was reached in this run, so the decay was exercised
     stopper = dict(clf.callbacks_)["best_checkpoint"]
     assert stopper.best_epoch_ == int(np.argmin(valid)) + 1

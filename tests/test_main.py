@@ -122,7 +122,11 @@ def test_progress_is_shown_by_default(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------- sweep DATA_DIR
-KVASIR_SAMPLE = "/work/shared/data/kvasir-seg-sample"
+# the shared Kvasir-SEG sample: $SKLEARN_ENDO_KVASIR_SEG_SAMPLE, else ../shared next to
+# the repository (never a machine's absolute path)
+KVASIR_SAMPLE = os.environ.get("SKLEARN_ENDO_KVASIR_SEG_SAMPLE") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared", "data", "kvasir-seg-sample")
 SWEEP = ["--encoder", "resnet18", "--random-weights", "--img-size", "32", "--quiet"]
 
 
@@ -233,7 +237,8 @@ def test_sweep_store_defaults_to_the_output_folder(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(KVASIR_SAMPLE, "images")),
-                    reason="the Kvasir-SEG sample is not on this machine")
+                    reason=f"the Kvasir-SEG sample is not at {KVASIR_SAMPLE!r} (set "
+                           f"SKLEARN_ENDO_KVASIR_SEG_SAMPLE to its folder)")
 def test_sweep_on_the_kvasir_seg_sample(tmp_path, capsys):
     import json
 

@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import warnings
@@ -133,26 +135,70 @@ def test_unwritable_store_fails_before_the_encoder_runs(images, tiny_vit, counte
     assert c.images == 0
 
 
+def _unprivileged(check):
+    """Run ``check()`` in a forked child that has dropped root (to user ``nobody``), so
+    that directory permissions bind; return its error message, or None if it passed."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report, then leave without running pytest's teardown
+        os.close(read)
+        message = b""
+        try:
+            torch.set_num_threads(1)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            check()
+        except BaseException as exc:  # noqa: BLE001 (sent to the parent)
+            message = f"{type(exc).__name__}: {exc}".encode() or b"failed"
+        os.write(write, message)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read()
+    os.waitpid(pid, 0)
+    return message.decode() or None
+
+
 def test_read_only_store_is_read_and_refused_only_when_it_must_grow(
         images, tiny_vit, counter, tmp_path, monkeypatch):
     X, _ = images
-    t = LayerFeatureTransformer(tiny_vit, feature_store=str(tmp_path))
+    # root ignores permission bits: the store then lives where user nobody can reach it,
+    # and the reads run in a child that has dropped root
+    as_root = os.geteuid() == 0
+    store = tempfile.mkdtemp(prefix="ro-store-") if as_root else str(tmp_path)
+    if as_root:
+        os.chmod(store, 0o755)
+    t = LayerFeatureTransformer(tiny_vit, feature_store=store)
     first = t.fit_transform(X[:10])
-    mode = os.stat(tmp_path).st_mode
+    mode = os.stat(store).st_mode
     try:
-        for d, _, _ in os.walk(tmp_path):
+        for d, _, files in os.walk(store):
             os.chmod(d, 0o555)
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("running as root: directories stay writable")
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o444)
         _fresh_process(monkeypatch)
         c = counter(tiny_vit)
-        np.testing.assert_array_equal(clone(t).fit_transform(X[:10]), first)
-        with pytest.raises(ValueError, match="cannot be written"):
-            clone(t).fit_transform(X)
-        assert c.images == 0
+
+        def check():
+            assert not os.access(store, os.W_OK), "the store is still writable"
+            np.testing.assert_array_equal(clone(t).fit_transform(X[:10]), first)
+            with pytest.raises(ValueError, match="cannot be written"):
+                clone(t).fit_transform(X)
+            assert c.images == 0
+
+        if as_root:
+            failure = _unprivileged(check)
+            if failure and "Operation not permitted" in failure:
+                pytest.skip(f"root cannot drop privileges here ({failure})")
+            assert failure is None, failure
+        else:
+            check()
     finally:
-        for d, _, _ in os.walk(tmp_path):
+        for d, _, _ in os.walk(store):
             os.chmod(d, mode)
+        if as_root:
+            shutil.rmtree(store, ignore_errors=True)
 
 
 def test_directory_in_place_of_an_entry(images, tiny_vit, counter, tmp_path):
