@@ -386,3 +386,21 @@ def test_save_encoder_errors_name_the_users_path(unlabelled, tmp_path, monkeypat
         pre.save_encoder(target)
     assert "tmp1234" not in str(err.value)
     assert not os.path.exists(target)
+
+
+def test_checkpoint_from_a_float16_gpu_run_resumes_on_cpu(unlabelled, tmp_path):
+    kw = dict(img_size=32, batch_size=8, random_state=0, verbose=False, augment=flip,
+              checkpoint_dir=str(tmp_path / "ck"))
+    SelfSupervisedPretrainer(make_tiny_vit, max_epochs=1, **kw).fit(unlabelled)
+    path = tmp_path / "ck" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["scaler"] == {} and ckpt["step"] == 2
+    # as a float16 CUDA run would have written it: a scaler state, another runtime
+    ckpt["scaler"] = torch.amp.GradScaler("cpu", init_scale=512.0).state_dict()
+    ckpt["runtime"] = {"device": "cuda", "amp": True, "autocast_dtype": "float16"}
+    ckpt["config"]["max_epochs"] = repr(2)
+    torch.save(ckpt, path)
+    with pytest.warns(UserWarning, match="written on cuda with autocast float16; resuming "
+                                         "on cpu with autocast None"):
+        pre = SelfSupervisedPretrainer(make_tiny_vit, max_epochs=2, **kw).fit(unlabelled)
+    assert pre.history_[:, "epoch"] == [1, 2] and pre.history_[:, "n_steps"] == [2, 4]
