@@ -2,76 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import numbers
 import warnings
 
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
-from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
-from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
 from skorch import NeuralNet
 from skorch.callbacks import EpochTimer, LRScheduler, PassthroughScoring, PrintLog
 from skorch.utils import to_tensor
 
-from .._encoders import resolve_device
-from .._images import check_images, load_image, resize_image
+from .._images import check_images
 from .._iterators import skorch_image_iterator
+from .._skorch import SkorchEstimatorMixin
+from ._data import UBCDataset, check_sample_weight, encode_labels
 from ._loss import UNLABELED, UBCLoss
 from ._masks import check_masks
 from ._model import POOLINGS, UBCNet, load_encoder_checkpoint, pretrained_kwargs
 
-__all__ = ["UBCClassifier", "NoMasksWarning"]
+__all__ = ["UBCClassifier", "NoMasksWarning", "UBCDataset"]
 
 
 class NoMasksWarning(UserWarning):
     """``fit`` got no mask at all while ``alpha < 1``: the Dice term is zero."""
 
 
-class _AutoDevice(str):
-    """The device that ``device='auto'`` resolved to, while a method runs."""
 
-
-class UBCDataset(torch.utils.data.Dataset):
-    """Image ``i`` resized to ``size``, with its target ``{"y", "mask", "has_mask"}``.
-
-    Images (and mask files) are decoded on access, so memory is bounded by the batch.
-    Without ``y`` (prediction) the target is a placeholder 0. With ``sample_weight``
-    the target also holds ``"weight"``.
-    """
-
-    def __init__(self, images, size, y=None, masks=None, sample_weight=None):
-        self.images = images
-        self.size = tuple(size)
-        self.y = y
-        self.masks = masks
-        self.sample_weight = sample_weight
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = load_image(self.images, i)
-        if tuple(x.shape[1:]) != self.size:
-            x = resize_image(x, self.size, interpolation="bilinear")
-        if self.y is None:
-            return x, 0
-        mask, has = self.masks.get(i, self.size)
-        target = {"y": torch.tensor(self.y[i], dtype=torch.int64), "mask": mask,
-                  "has_mask": torch.tensor(has)}
-        if self.sample_weight is not None:
-            target["weight"] = torch.tensor(self.sample_weight[i], dtype=torch.float32)
-        return x, target
-
-
-
-
-
-class UBCClassifier(ClassifierMixin, NeuralNet):
+class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
     """U-Net-boosted classifier: an encoder shared by a classification head and a decoder.
 
     One network is trained on ``alpha * CE + (1 - alpha) * (1 - Dice)``: the
@@ -244,10 +202,6 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
             ("print_log", PrintLog()),
         ]
 
-    def initialize(self):
-        with self._resolved_device(), self._seeded():
-            return super().initialize()
-
     def initialize_module(self):
         if getattr(self, "classes_", None) is None:
             if self.classes is None:
@@ -350,8 +304,9 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
     def _prepare(self, X, y, masks, classes, sample_weight=None):
         self._check_settings()
         images = check_images(X, name="X", min_samples=2)
-        y_enc, classes_ = self._encode_labels(y, len(images), classes)
-        weights = _check_sample_weight(sample_weight, len(images))
+        y_enc, classes_ = encode_labels(
+            y, len(images), classes if classes is not None else self.classes, self.unlabeled)
+        weights = check_sample_weight(sample_weight, len(images))
         mask_set = check_masks(masks, images, n_mask_classes=self.n_mask_classes)
         n_labelled, n_masks = int((y_enc != UNLABELED).sum()), int(mask_set.has.sum())
         if self.alpha > 0 and n_labelled == 0:
@@ -381,49 +336,6 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
                 )
         self.classes_ = classes_
         return UBCDataset(images, self._size(), y_enc, mask_set, weights), y_enc
-
-    def _encode_labels(self, y, n, classes):
-        if y is None:
-            raise ValueError("y is None; UBCClassifier needs labels (use -1 for unlabeled).")
-        y = np.asarray(y, dtype=object) if not isinstance(y, np.ndarray) else y
-        y = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
-        if y.ndim != 1 or len(y) != n:
-            raise ValueError(
-                f"y has shape {y.shape} but X has {n} images; pass one label per image."
-            )
-        if y.dtype.kind == "f" and np.isnan(y).any():
-            raise ValueError(
-                f"y contains NaN; mark unlabeled samples with unlabeled={self.unlabeled!r} "
-                f"(or None)."
-            )
-        unl = self.unlabeled
-        unlabeled = np.array([v is None or (unl is not None and _same(v, unl)) for v in y])
-        labelled = y[~unlabeled]
-        if labelled.dtype == object:
-            labelled = np.asarray(labelled.tolist())
-        if labelled.size:
-            # a float target such as [0.3, 1.7, ...] is a regression target, not
-            # n_samples classes: sklearn's "Unknown label type: continuous" ValueError
-            check_classification_targets(labelled)
-        given = classes if classes is not None else self.classes
-        if given is not None:
-            classes_ = np.asarray(given)
-            unseen = np.setdiff1d(labelled, classes_)
-            if unseen.size:
-                raise ValueError(
-                    f"y has labels {unseen[:5].tolist()} that are not in classes="
-                    f"{classes_.tolist()}."
-                )
-        else:
-            classes_ = np.unique(labelled)
-            if classes_.size == 1:
-                raise ValueError(
-                    f"y has a single class {classes_[0]!r} among its labelled samples; a "
-                    f"classifier needs at least 2 (or pass classes=[...])."
-                )
-        y_enc = np.full(n, UNLABELED, dtype=np.int64)
-        y_enc[~unlabeled] = np.searchsorted(classes_, labelled)
-        return y_enc, classes_
 
     def _size(self):
         s = self.image_size
@@ -541,16 +453,6 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
                               for k in range(1, self.n_mask_classes)]))
 
     # ------------------------------------------------------------ sklearn API
-    def __sklearn_is_fitted__(self):
-        return bool(self.initialized_) and getattr(self, "classes_", None) is not None
-
-    def _check_fitted(self):
-        if not self.__sklearn_is_fitted__():
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' "
-                f"first (or initialize() with classes=[...], then load_params(...))."
-            )
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         # X is a batch of images (N, H, W[, C]) or a list of paths, never a table:
@@ -561,129 +463,9 @@ class UBCClassifier(ClassifierMixin, NeuralNet):
         tags.non_deterministic = self.random_state is None
         return tags
 
-    def _get_param_names(self):
-        # skorch lists every attribute without a trailing underscore, including its
-        # private bookkeeping set of keyword names, which is not a parameter
-        return [k for k in super()._get_param_names() if k != "_params_to_validate"]
-
-    def __repr__(self):
-        """``UBCClassifier(alpha=0.3, encoder='resnet18')``: the parameters that differ
-        from their defaults, as scikit-learn prints an estimator."""
-        defaults = {}
-        for cls in (NeuralNet, type(self)):
-            for name, p in inspect.signature(cls.__init__).parameters.items():
-                if p.default is not inspect.Parameter.empty:
-                    defaults[name] = p.default
-        changed = [
-            f"{k}={v!r}" for k, v in sorted(self.get_params(deep=False).items())
-            if k not in defaults or not _same_param(v, defaults[k])
-        ]
-        return _wrap(f"{type(self).__name__}(", changed, ")")
-
-    # ------------------------------------------------------------ plumbing
     def set_params(self, **kwargs):
         with self._resolved_device():
             super().set_params(**kwargs)
             if self.initialized_ and {"alpha", "dice_smooth"} & set(kwargs):
                 self._initialize_criterion()
         return self
-
-    def load_params(self, *args, **kwargs):
-        with self._resolved_device():
-            return super().load_params(*args, **kwargs)
-
-    def __setstate__(self, state):
-        spec = state.get("device")
-        if spec == "auto":
-            state = dict(state, device=resolve_device("auto").type)
-        super().__setstate__(state)
-        if spec == "auto":
-            self.device = "auto"
-
-    @contextlib.contextmanager
-    def _resolved_device(self):
-        spec = self.device
-        if not (isinstance(spec, str) and spec == "auto") or isinstance(spec, _AutoDevice):
-            yield
-            return
-        marker = self.device = _AutoDevice(resolve_device("auto").type)
-        try:
-            yield
-        finally:
-            if self.device is marker:  # not replaced by set_params(device=...)
-                self.device = spec
-
-    @contextlib.contextmanager
-    def _seeded(self):
-        if self.random_state is None:
-            yield
-            return
-        rs = self.random_state
-        seed = (int(rs) if isinstance(rs, numbers.Integral)
-                else int(check_random_state(rs).randint(2**31 - 1)))
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-
-def _same_param(value, default):
-    if value is default:
-        return True
-    try:
-        return type(value) is type(default) and repr(value) == repr(default)
-    except Exception:  # a repr that fails differs
-        return False
-
-
-def _wrap(head, items, tail, width=79):
-    """``head + ", ".join(items) + tail``, wrapped under ``head`` past ``width``."""
-    line = head + ", ".join(items) + tail
-    if len(line) <= width:
-        return line
-    indent = " " * len(head)
-    lines, current, empty = [], head, True
-    for i, item in enumerate(items):
-        item += "," if i < len(items) - 1 else tail
-        if not empty and len(current) + len(item) > width:
-            lines.append(current.rstrip())
-            current = indent
-        current, empty = current + item + " ", False
-    lines.append(current.rstrip())
-    return "\n".join(lines)
-
-
-def _check_sample_weight(sample_weight, n):
-    """``sample_weight`` as a float64 array of ``n`` finite weights >= 0, or None."""
-    if sample_weight is None:
-        return None
-    try:
-        w = np.asarray(sample_weight, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"sample_weight must be an array of {n} numbers, one per image; got "
-            f"{type(sample_weight).__name__} that cannot be read as numbers."
-        ) from None
-    if w.ndim == 0:
-        w = np.full(n, float(w))
-    if w.shape != (n,):
-        raise ValueError(
-            f"sample_weight has shape {w.shape} but X has {n} images; pass one weight "
-            f"per image (shape ({n},))."
-        )
-    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-    if bad.size:
-        raise ValueError(
-            f"sample_weight must be finite and >= 0; sample_weight[{bad[0]}] = "
-            f"{float(w[bad[0]])!r}. Drop that sample or give it weight 0."
-        )
-    if not w.any():
-        raise ValueError("sample_weight is 0 for every sample; nothing would be trained.")
-    return w
-
-
-def _same(value, sentinel):
-    try:
-        return bool(value == sentinel) and type(value) is not bool
-    except (TypeError, ValueError):
-        return False

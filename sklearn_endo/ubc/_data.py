@@ -1,0 +1,130 @@
+"""What ``UBCClassifier`` trains on: the image/mask dataset, labels and sample weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils.multiclass import check_classification_targets
+
+from .._images import load_image, resize_image
+from ._loss import UNLABELED
+
+__all__ = ["UBCDataset", "check_sample_weight", "encode_labels"]
+
+
+class UBCDataset(torch.utils.data.Dataset):
+    """Image ``i`` resized to ``size``, with its target ``{"y", "mask", "has_mask"}``.
+
+    Images (and mask files) are decoded on access, so memory is bounded by the batch.
+    Without ``y`` (prediction) the target is a placeholder 0. With ``sample_weight``
+    the target also holds ``"weight"``.
+    """
+
+    def __init__(self, images, size, y=None, masks=None, sample_weight=None):
+        self.images = images
+        self.size = tuple(size)
+        self.y = y
+        self.masks = masks
+        self.sample_weight = sample_weight
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = load_image(self.images, i)
+        if tuple(x.shape[1:]) != self.size:
+            x = resize_image(x, self.size, interpolation="bilinear")
+        if self.y is None:
+            return x, 0
+        mask, has = self.masks.get(i, self.size)
+        target = {"y": torch.tensor(self.y[i], dtype=torch.int64), "mask": mask,
+                  "has_mask": torch.tensor(has)}
+        if self.sample_weight is not None:
+            target["weight"] = torch.tensor(self.sample_weight[i], dtype=torch.float32)
+        return x, target
+
+
+
+
+
+def encode_labels(y, n, classes, unlabeled):
+    """Labels as indices into ``classes_`` (``UNLABELED`` for unlabeled samples)
+    and ``classes_`` (``classes``, or the labels seen)."""
+    if y is None:
+        raise ValueError("y is None; UBCClassifier needs labels (use -1 for unlabeled).")
+    y = np.asarray(y, dtype=object) if not isinstance(y, np.ndarray) else y
+    y = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(
+            f"y has shape {y.shape} but X has {n} images; pass one label per image."
+        )
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise ValueError(
+            f"y contains NaN; mark unlabeled samples with unlabeled={unlabeled!r} "
+            f"(or None)."
+        )
+    unl = unlabeled
+    unlabeled = np.array([v is None or (unl is not None and _same(v, unl)) for v in y])
+    labelled = y[~unlabeled]
+    if labelled.dtype == object:
+        labelled = np.asarray(labelled.tolist())
+    if labelled.size:
+        # a float target such as [0.3, 1.7, ...] is a regression target, not
+        # n_samples classes: sklearn's "Unknown label type: continuous" ValueError
+        check_classification_targets(labelled)
+    given = classes
+    if given is not None:
+        classes_ = np.asarray(given)
+        unseen = np.setdiff1d(labelled, classes_)
+        if unseen.size:
+            raise ValueError(
+                f"y has labels {unseen[:5].tolist()} that are not in classes="
+                f"{classes_.tolist()}."
+            )
+    else:
+        classes_ = np.unique(labelled)
+        if classes_.size == 1:
+            raise ValueError(
+                f"y has a single class {classes_[0]!r} among its labelled samples; a "
+                f"classifier needs at least 2 (or pass classes=[...])."
+            )
+    y_enc = np.full(n, UNLABELED, dtype=np.int64)
+    y_enc[~unlabeled] = np.searchsorted(classes_, labelled)
+    return y_enc, classes_
+
+
+
+def check_sample_weight(sample_weight, n):
+    """``sample_weight`` as a float64 array of ``n`` finite weights >= 0, or None."""
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sample_weight must be an array of {n} numbers, one per image; got "
+            f"{type(sample_weight).__name__} that cannot be read as numbers."
+        ) from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise ValueError(
+            f"sample_weight has shape {w.shape} but X has {n} images; pass one weight "
+            f"per image (shape ({n},))."
+        )
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise ValueError(
+            f"sample_weight must be finite and >= 0; sample_weight[{bad[0]}] = "
+            f"{float(w[bad[0]])!r}. Drop that sample or give it weight 0."
+        )
+    if not w.any():
+        raise ValueError("sample_weight is 0 for every sample; nothing would be trained.")
+    return w
+
+
+def _same(value, sentinel):
+    try:
+        return bool(value == sentinel) and type(value) is not bool
+    except (TypeError, ValueError):
+        return False
