@@ -482,12 +482,13 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
                                         refresh=False)
                 poll.sleep()
         if claims is not None and claims.taken_over_stale:
-            key, owner = claims.taken_over_stale[0]
+            key, owner, limit = claims.taken_over_stale[0]
             warnings.warn(
                 f"Feature store {store.directory!r}: took over {len(claims.taken_over_stale)} "
-                f"claim(s) not refreshed for {claims.stale_s:.0f} s (e.g. image {key} "
-                f"claimed by {owner}) and encoded those images here. A worker may hang, "
-                f"or its host's clock differ; SKLEARN_ENDO_CLAIM_STALE_S sets the age.",
+                f"claim(s) not refreshed for {limit:.0f} s (e.g. image {key} "
+                f"claimed by {owner}) and encoded those images here. A worker may hang "
+                f"or its host be gone, or that host's clock differ; "
+                f"SKLEARN_ENDO_CLAIM_STALE_S sets the age.",
                 FeatureStoreWarning, stacklevel=4)
         return layout
 
