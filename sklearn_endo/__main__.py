@@ -248,7 +248,9 @@ def _demo(argv):
           f"{args.image_size}px), encoder {args.encoder} ({weights} weights, {n_layers} "
           f"blocks, input {args.img_size}px)", flush=True)
 
-    with _counting_encoder_images(transformer.encoder_) as images_seen:
+    # the registry's own module, not ``encoder_``: handing it out would turn on the weights
+    # check before every transform (~3 per fit); the hook edits no weight
+    with _counting_encoder_images(transformer._get_handle().module) as images_seen:
         # The encoder is frozen: one pass stores every layer, and every GridSearchCV
         # candidate and fold below is a feature-store lookup.
         start = time.perf_counter()
@@ -489,7 +491,9 @@ def sweep_main(argv):
           f"{args.pooling} pooling); {len(layers)} layers x {_folds(args)}; "
           f"feature store {args.store}", flush=True)
 
-    with _counting_encoder_images(transformer.encoder_) as images_seen:
+    # the registry's own module, not ``encoder_``: handing it out would turn on the weights
+    # check before every transform (~3 per fit); the hook edits no weight
+    with _counting_encoder_images(transformer._get_handle().module) as images_seen:
         start = time.perf_counter()
         try:
             # one pass over the images not yet stored (it stores every layer; one is

@@ -117,6 +117,7 @@ class EncoderHandle:
     source: nn.Module | None = field(default=None, repr=False)  # user module copied here
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _signature: tuple = field(default=(), repr=False)
+    _sig_cache: dict = field(default_factory=dict, repr=False)  # see _weights_signature
     _size: tuple | None = field(default=None, repr=False)
     # False while no module of this handle was handed out: a named encoder's weights live
     # in the registry only, so nothing outside the package can have edited them and the
@@ -159,7 +160,7 @@ class EncoderHandle:
             return False
         with self.lock:
             source = self.source if self.source is not None else self.module
-            signature = _weights_signature(source)
+            signature = _weights_signature(source, self._sig_cache)
             if signature == self._signature:
                 return False
             structure_changed = not self._signature or signature[0] != self._signature[0]
@@ -379,6 +380,7 @@ def _make_handle(module, name, size, source=None):
         norm = None
     if formats[-1] != "NLC":  # pooling applies the final norm to token outputs only
         norm = None
+    sig_cache = {}
     return EncoderHandle(
         module=module,
         name=name,
@@ -391,7 +393,8 @@ def _make_handle(module, name, size, source=None):
         final_norm=norm,
         block_formats=formats,
         source=source,
-        _signature=_weights_signature(source if source is not None else module),
+        _signature=_weights_signature(source if source is not None else module, sig_cache),
+        _sig_cache=sig_cache,
         _size=size,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 
@@ -42,36 +43,74 @@ def _sample_index(n, device):
     return idx
 
 
+def _bits(t):
+    """``t`` flattened and viewed as integers of its element size (a view when contiguous)."""
+    flat = t.detach().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    return flat.view(_INT_OF_SIZE[flat.element_size()])
+
+
+def _counter(t):
+    """The autograd version counter, or None for inference tensors (they keep none)."""
+    return None if t.is_inference() else t._version
+
+
 @torch.no_grad()
-def _weights_signature(module):
+def _weights_signature(module, cache=None):
     """(structure, checksum): a cheap test of whether weights or modules changed.
 
     The structure is every tensor's name, shape, dtype and device and every submodule's
     identity. The checksum is, per tensor, its storage address and autograd version
     counter (bumped by every in-place change made through the tensor: optimizer steps,
-    ``load_state_dict``, edits under ``torch.no_grad()``), and the bits of 64 elements at
-    fixed, evenly spread positions, which catch edits made through ``p.data`` (which
-    bumps no counter) whenever they touch those elements: a scaling, a shift, a new
-    tensor copied in. Its cost does not grow with the weights' size (a few ms for a
-    ViT-B), so it runs before every pass; a full checksum of the bits took 0.1-0.3 s per
-    call for a ViT-S, more than a cross-validated sweep's lookups themselves.
+    ``load_state_dict``, edits under ``torch.no_grad()``; inference tensors keep none and
+    rely on the sampled bits alone), and the bits of 64 elements at fixed, evenly spread
+    positions, which catch edits made through ``p.data`` (which bumps no counter)
+    whenever they touch those elements: a scaling, a shift, a new tensor copied in. Its
+    cost does not grow with the weights' size, so it runs before every pass; a full
+    checksum of the bits took 0.1-0.3 s per call for a ViT-S, more than a
+    cross-validated sweep's lookups themselves.
+
+    ``cache`` (a dict owned by the caller, e.g. an :class:`EncoderHandle`) keeps, per
+    contiguous CPU tensor, a NumPy view of its bits and the sampled positions, so that a
+    later call reads the 64 elements straight from memory: about 2 ms instead of 6 ms for
+    an EfficientNet-Lite0's 294 tensors. An entry is used only while the tensor keeps its
+    address, shape and dtype; a view shares the tensor's memory, so edits through
+    ``p.data`` are seen as before.
     """
-    state = module.state_dict()
+    state = module.state_dict(keep_vars=True)  # no detach() per tensor: 1 ms less
     structure = (tuple((k, tuple(t.shape), t.dtype, str(t.device)) for k, t in state.items()),
                  tuple((n, id(m)) for n, m in module.named_modules()))
     counters = []
-    parts = {}
-    for t in state.values():
-        counters.append((t.data_ptr(), t._version))
+    host = []  # sampled bits of CPU tensors, as NumPy arrays
+    parts = {}  # device -> sampled bits of other tensors, as tensors
+    fresh = {} if cache is not None else None
+    for key, t in state.items():
+        ptr = t.data_ptr()
+        counters.append((ptr, _counter(t)))
         if not t.numel():
             continue
-        flat = t.reshape(-1)
-        if flat.is_complex():
-            flat = torch.view_as_real(flat).reshape(-1)
-        bits = flat.view(_INT_OF_SIZE[flat.element_size()])
+        if t.device.type == "cpu":
+            tag = (ptr, tuple(t.shape), t.dtype)
+            hit = cache.get(key) if cache is not None else None
+            if hit is None or hit[0] != tag:
+                bits = _bits(t)
+                idx = _sample_index(bits.numel(), "cpu").numpy()
+                hit = (tag, bits.numpy(), idx)
+                if not t.is_contiguous():  # reshape copied: read anew next time
+                    hit = None, hit[1], idx
+            host.append(hit[1][hit[2]].astype(np.int64))
+            if fresh is not None and hit[0] is not None:
+                fresh[key] = hit
+            continue
+        bits = _bits(t)
         parts.setdefault(str(t.device), []).append(
             bits[_sample_index(bits.numel(), bits.device)].to(torch.int64))
-    checksum = repr(counters).encode() + b"".join(
-        dev.encode() + torch.cat(v).cpu().numpy().tobytes()
-        for dev, v in sorted(parts.items()))
+    if cache is not None:  # only the current tensors: a replaced one is not kept alive
+        cache.clear()
+        cache.update(fresh)
+    checksum = (repr(counters).encode()
+                + (b"cpu" + np.concatenate(host).tobytes() if host else b"")
+                + b"".join(dev.encode() + torch.cat(v).cpu().numpy().tobytes()
+                           for dev, v in sorted(parts.items())))
     return structure, checksum

@@ -399,3 +399,31 @@ def test_final_norm_is_offered_for_token_outputs_only(images):
     with pytest.raises(ValueError, match="final_norm=True"):
         LayerFeatureTransformer(swin, final_norm=True, feature_store=None).fit(X[:2])
     assert resolve_encoder(make_tiny_vit()).final_norm is not None
+
+
+def test_signature_of_inference_tensors_and_its_cache():
+    """Inference tensors keep no version counter: their sampled bits still see edits (#16).
+
+    With a cache (what a handle keeps) the signature equals the uncached one, and an edit
+    through ``.data`` of a cached tensor, or a tensor replaced, is seen.
+    """
+    from sklearn_endo._encoders import _weights_signature
+
+    m = nn.Linear(4, 3)
+    with torch.inference_mode():
+        m.register_buffer("stat", torch.ones(5))
+    assert m.stat.is_inference()
+    cache = {}
+    base = _weights_signature(m, cache)
+    assert set(cache) == {"weight", "bias", "stat"}
+    assert _weights_signature(m, cache) == base == _weights_signature(m)
+    with torch.inference_mode():
+        m.stat.mul_(2)
+    edited = _weights_signature(m, cache)
+    assert edited != base and edited == _weights_signature(m)
+    m.weight.data.view(-1)[0] += 1.0  # no counter moves; the cached view sees the memory
+    assert _weights_signature(m, cache) != edited
+    edited = _weights_signature(m, cache)
+    m.bias.data = torch.zeros(3)  # a new tensor: the cache entry is not reused
+    assert _weights_signature(m, cache) != edited
+    assert not cache["bias"][1].any()  # the new zeros, not the old bias

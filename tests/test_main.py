@@ -418,3 +418,47 @@ def test_sweep_reports_which_layers_tie_with_the_best(tmp_path, capsys, counter)
         assert float(r["log_loss_diff_to_best"]) == pytest.approx(
             loss[int(r["layer"])] - loss[best], abs=1e-5)
     assert "layers not significantly worse than the best" in printed
+
+
+def test_warm_sweep_checks_no_weights_and_a_library_search_few(tmp_path, capsys, monkeypatch):
+    """The CLI never hands its module to user code: no weights check in its search (#16).
+
+    A user who took ``encoder_`` gets the check, at most once per transform of a fit.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    from sklearn_endo import LayerFeatureTransformer
+    from sklearn_endo.datasets import load_image_folder
+
+    calls = []
+    real = _encoders._weights_signature
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_encoders, "_weights_signature", counting)
+    _encoders.registry_clear()  # a handle exposed by another test would be checked
+    data = _write_tree(tmp_path / "data")
+    argv = ["sweep", str(data), *SWEEP, "--cv", "2", "--layers", "0-5",
+            "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0  # cold: loads the encoder (one signature for its handle)
+    cold = len(calls)
+    assert cold <= 1
+    assert cli.main([*argv[:-1], str(tmp_path / "out2")]) == 0  # warm: 6 layers x 2 folds
+    assert len(calls) == cold
+    capsys.readouterr()
+
+    X, y = load_image_folder(data, return_X_y=True)
+    t = LayerFeatureTransformer("resnet18", pretrained=False, img_size=32,
+                                feature_store=str(tmp_path / "store"), verbose=False)
+    assert t.fit(X[:1]).encoder_ is not None  # handed out: every pass checks weights
+    calls.clear()
+    search = GridSearchCV(make_pipeline(t, LogisticRegression(max_iter=200)),
+                          {"layerfeaturetransformer__layer": [1, 2, 3]}, cv=2,
+                          scoring=["neg_log_loss", "accuracy"], refit=False).fit(X, y)
+    n_fits = len(search.cv_results_["params"]) * 2
+    # fit (the lookup of the encoder), predict_proba and predict: 3 per fit at most
+    assert 0 < len(calls) <= 3 * n_fits
