@@ -274,8 +274,13 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         -------
         self : LayerFeatureTransformer
         """
+        self._fit(X, y)
+        return self
+
+    def _fit(self, X, y):
+        """``fit``'s work; returns X checked (an ``Images``: not checked again after)."""
         self._check_params()
-        check_images(X)
+        images = check_images(X)
         if y is not None and len(y) != len(X):
             raise ValueError(f"y has {len(y)} entries but X has {len(X)} images; they "
                              f"must match.")
@@ -290,7 +295,7 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         self.layer_names_ = handle.layer_names
         self.layers_ = self._normalize_layers(handle.n_layers)
         self.data_config_ = dict(handle.data_config)
-        return self
+        return images
 
     def transform(self, X):
         """Pooled features of ``layer`` (concatenated for a list of layers).
@@ -318,9 +323,12 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
         -------
         features : ndarray of shape (n_samples, n_features), float32
         """
-        self.fit(X, y, **fit_params)
+        if fit_params:
+            raise TypeError(f"fit_transform got unexpected parameters {sorted(fit_params)}; "
+                            f"LayerFeatureTransformer.fit takes X and y only.")
+        images = self._fit(X, y)  # X checked once, not again by _features
         # fit has just resolved (and so refreshed) the encoder: nothing ran in between
-        return self._features(X, self.layers_, split=False, refresh=False)
+        return self._features(images, self.layers_, split=False, refresh=False)
 
     def layer_features(self, X, layers=None):
         """Features of several layers from one encoder pass (or store lookups).

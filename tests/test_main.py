@@ -447,8 +447,25 @@ def test_warm_sweep_checks_no_weights_and_a_library_search_few(tmp_path, capsys,
     assert cli.main(argv) == 0  # cold: loads the encoder (one signature for its handle)
     cold = len(calls)
     assert cold <= 1
+    from sklearn_endo import _transformer
+    from sklearn_endo._images import Images
+
+    checked = []  # checks of X that do the work (an Images is returned as it is)
+    real_check = _transformer.check_images
+
+    def counting_check(X, **kw):
+        if not isinstance(X, Images):
+            checked.append(1)
+        return real_check(X, **kw)
+
+    monkeypatch.setattr(_transformer, "check_images", counting_check)
     assert cli.main([*argv[:-1], str(tmp_path / "out2")]) == 0  # warm: 6 layers x 2 folds
     assert len(calls) == cold
+    # X is checked (every file's header read) once per pass of the pipeline: fit_transform,
+    # then predict_proba and predict, shared by the four scorers; +2 for fit(X[:1]) and the
+    # encoder pass before the search
+    assert len(checked) == 3 * 6 * 2 + 2
+    monkeypatch.setattr(_transformer, "check_images", real_check)
     capsys.readouterr()
 
     X, y = load_image_folder(data, return_X_y=True)
