@@ -5,14 +5,19 @@ Every estimator of the package accepts "an array-like of images":
 * a numpy array ``(N, H, W)`` (grayscale) or ``(N, H, W, C)`` with ``C`` in {1, 3};
   ``uint8`` arrays are read as [0, 255], ``uint16`` arrays as 16-bit [0, 65535],
   floating arrays must lie in [0, 1], and other integer arrays must hold 8-bit values;
-* a sequence of image file paths (any sizes; decoded lazily, by DataLoader workers);
-  a generator is read once into a list;
+* a sequence of image file paths (any sizes, any mix of modes; decoded lazily, by
+  DataLoader workers, see :mod:`sklearn_endo._decode`); a generator is read once into
+  a list;
 * a list of PIL images, or of numpy arrays ``(H, W)`` / ``(H, W, C)`` of any sizes.
 
 Rules, so that no input is silently misread:
 
-* Grayscale images are replicated to three channels; mixing grayscale and colour images
-  or passing RGBA is rejected, because the fix (``img.convert("RGB")``) is the user's call.
+* Files are read as RGB, as a folder of real images needs: grayscale replicated to
+  three channels, palette/CMYK converted, an alpha channel dropped (``img.convert("RGB")``,
+  not composited on black), 16-bit grey kept at depth. In-memory images (arrays, PIL
+  images) are stricter: grayscale is replicated, but mixing grayscale and colour images
+  or passing RGBA is rejected, because the fix (``img.convert("RGB")``) is the user's
+  call.
 * One image without the batch axis is refused, not read as a batch: a 2-D array, and a
   3-D array whose last axis has 1, 3 or 4 entries, which is how one ``(H, W, C)`` image
   looks (it would otherwise be read as ``H`` grayscale images of ``W`` by ``C`` pixels).
@@ -32,13 +37,13 @@ Rules, so that no input is silently misread:
 * Dicts and sets are refused: a dict would be iterated over its keys and a set has no
   order, so the rows of the result would not match any labels.
 * Files that cannot be decoded (corrupt, truncated, larger than PIL's
-  ``Image.MAX_IMAGE_PIXELS``) raise :class:`DecodeError`, a ``ValueError`` that names
-  the input index and the file, also when raised in a DataLoader worker.
+  ``Image.MAX_IMAGE_PIXELS``, or decoding to more than ``SKLEARN_ENDO_MAX_DECODED_PIXELS``)
+  raise :class:`DecodeError`, a ``ValueError`` that names the file (and its index),
+  also when raised in a DataLoader worker.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -46,32 +51,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")  # timm's others fall back to bilinear
-_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # grey, more than 8 bits
+from ._decode import (  # noqa: F401  (re-exported: the names other modules import)
+    _WIDE_MODES,
+    DecodeError,
+    collate,
+    decode_resized,
+    exif_orientation,
+    load_image,
+    load_resized,
+    orient,
+    oriented_hw,
+    pil_to_array,
+    resize_image,
+    to_chw_float,
+    to_float,
+    unreadable_message,
+)
+
 _CACHE_MAX = 200_000  # entries of each per-file cache before it is emptied
-
-
-class DecodeError(ValueError):
-    """An image or mask file that cannot be read; the message names input, file and fix.
-
-    Raised in a DataLoader worker, torch re-creates the exception in the main process
-    from one string: "Caught DecodeError in DataLoader worker process 0", then the
-    worker's traceback. This class keeps only the package's message, so that it comes
-    first, and keeps the worker's traceback in ``worker_traceback``.
-    """
-
-    def __init__(self, message=""):
-        message = str(message)
-        self.worker_traceback = None
-        if message.startswith("Caught "):
-            marker = f"{type(self).__module__}.{type(self).__qualname__}: "
-            at = message.rfind(marker)
-            if at >= 0:
-                self.worker_traceback = message
-                message = message[at + len(marker):].rstrip("\n")
-        super().__init__(message)
 
 
 class _BoundedCache(dict):
@@ -98,85 +96,6 @@ def file_key(path):
     st = os.stat(path)
     return (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns,
             st.st_ino, st.st_dev)
-
-
-# --- EXIF orientation ---------------------------------------------------------------
-
-def exif_orientation(img, *, from_file=True):
-    """EXIF orientation (1..8) of a PIL image; 1 when absent or unreadable.
-
-    With ``from_file=True`` (an image just opened) only the header is read, never the
-    pixel data; this is what header checks and decoding both use, so they agree.
-    """
-    from PIL import Image
-
-    if getattr(img, "format", None) == "TIFF" and _pillow_orients_tiff():
-        return 1  # Pillow turns TIFFs itself, on open (size) and on load (pixels)
-    try:
-        # PngImageFile.getexif decodes the whole image to find a late eXIf chunk
-        exif = Image.Image.getexif(img) if from_file else img.getexif()
-        orientation = int(exif.get(0x0112, 1))
-    except Exception:  # a broken EXIF block: viewers show the image unrotated
-        return 1
-    return orientation if 1 <= orientation <= 8 else 1
-
-
-@functools.lru_cache(maxsize=None)
-def _pillow_orients_tiff():
-    """Whether this Pillow applies a TIFF's orientation tag when it loads the file."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    exif = Image.Exif()
-    exif[0x0112] = 2  # mirrored left-right
-    Image.fromarray(np.array([[0, 255]], np.uint8)).save(buf, format="TIFF", exif=exif)
-    buf.seek(0)
-    with Image.open(buf) as img:
-        return int(np.asarray(img)[0, 0]) == 255
-
-
-def orient(arr, orientation):
-    """Apply an EXIF orientation to an array (H, W[, C]), as ``ImageOps.exif_transpose``."""
-    if orientation == 2:
-        arr = arr[:, ::-1]
-    elif orientation == 3:
-        arr = arr[::-1, ::-1]
-    elif orientation == 4:
-        arr = arr[::-1]
-    elif orientation == 5:
-        arr = arr.swapaxes(0, 1)
-    elif orientation == 6:
-        arr = np.rot90(arr, k=-1)
-    elif orientation == 7:
-        arr = arr.swapaxes(0, 1)[::-1, ::-1]
-    elif orientation == 8:
-        arr = np.rot90(arr, k=1)
-    return np.ascontiguousarray(arr)
-
-
-def oriented_hw(size_wh, orientation):
-    """(height, width) as shown, from PIL's (width, height) and the EXIF orientation."""
-    w, h = size_wh
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
-# --- opening files ------------------------------------------------------------------
-
-def unreadable_message(where, path, exc, *, what="an image", fix=None):
-    """The message for a file that cannot be opened or decoded."""
-    from PIL import Image
-
-    if isinstance(exc, Image.DecompressionBombError):
-        return (
-            f"{where} = {os.fspath(path)!r} is too large to decode safely ({exc}). "
-            f"Downscale the file, or, if you trust it, lift PIL's limit first: "
-            f"PIL.Image.MAX_IMAGE_PIXELS = None."
-        )
-    fix = fix or "Remove it or replace it with a valid image file."
-    return (f"{where} = {os.fspath(path)!r} cannot be read as {what} "
-            f"({type(exc).__name__}: {exc}). {fix}")
 
 
 _PATH_HEADERS = _BoundedCache()  # file_key -> (mode, (h, w), orientation)
@@ -209,36 +128,6 @@ def read_header(path, where, *, what="an image", fix=None):
                 from None
         _PATH_HEADERS[key] = hit
     return hit
-
-
-def pil_to_array(img, where, *, n_channels=None):
-    """Pixels of a PIL image: uint8 (H, W[, 3]) or, for 16/32-bit grey, float32 in [0, 1].
-
-    EXIF orientation is not applied here. ``n_channels`` (1 or 3) picks grey or RGB for
-    8-bit modes. Raises :class:`DecodeError` for values outside the mode's range.
-    """
-    mode = img.mode
-    if mode in _WIDE_MODES:
-        arr = np.asarray(img)
-        if mode == "F":
-            if not np.isfinite(arr).all() or arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
-                raise DecodeError(
-                    f"{where} is a 32-bit float image (PIL mode 'F') with values outside "
-                    f"[0, 1] (or not finite); float images must lie in [0, 1]. Rescale "
-                    f"it, e.g. to 8 bits with img.convert('L') after scaling."
-                )
-            return arr.astype(np.float32, copy=False)
-        lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
-        if lo < 0 or hi > 65535:
-            raise DecodeError(
-                f"{where} is a 32-bit integer image (PIL mode {mode!r}) with values in "
-                f"[{lo}, {hi}]; such images are read as 16-bit, in [0, 65535]. Rescale "
-                f"it to that range (or to 8 bits) first."
-            )
-        return arr.astype(np.float32) / np.float32(65535.0)
-    if n_channels is None:
-        n_channels = _pil_mode_channels(_decoded_mode(mode), "", where)
-    return np.asarray(img.convert("L" if n_channels == 1 else "RGB"))
 
 
 # --- validation ---------------------------------------------------------------------
@@ -450,22 +339,20 @@ def _check_mixed(channels, first, name):
 
 
 def _check_paths(paths, name):
-    """Check that files exist and are images, reading headers only (no decoding)."""
+    """Check that files exist and are images, reading headers only (no decoding).
+
+    Files are read as RGB whatever their modes (see the module docstring): 3 channels.
+    """
     missing = [os.fspath(p) for p in paths if not os.path.exists(p)]
     if missing:
         raise ValueError(
             f"{name} names {len(missing)} file(s) that do not exist, e.g. {missing[0]!r}. "
             f"Check the paths (relative paths are resolved against {os.getcwd()!r})."
         )
-    channels, first = set(), {}
     for i, p in enumerate(paths):
         # a search checks the same files once per candidate and fold: headers are cached
-        mode = read_header(p, f"{name}[{i}]")[0]
-        c = _pil_mode_channels(mode, f"[{i}] ({os.fspath(p)!r})", name)
-        channels.add(c)
-        first.setdefault(c, i)
-    _check_mixed(channels, first, name)
-    return channels.pop()
+        read_header(p, f"{name}[{i}]")
+    return 3
 
 
 def _decoded_mode(mode):
@@ -539,129 +426,47 @@ def _hash_one(images, i):
     return h.hexdigest()
 
 
-# --- decoding -----------------------------------------------------------------------
-
-def load_image(images, i):
-    """Decode image ``i`` to a float32 tensor (C, H, W) in [0, 1] with 3 channels.
-
-    Files and PIL images are EXIF-rotated. A file that cannot be decoded raises
-    :class:`DecodeError` naming ``X[i]`` and the file.
-    """
-    where = f"{images.name}[{i}]"
-    if images.kind == "array":
-        arr = images.data[i]
-    elif images.kind == "paths":
-        from PIL import Image
-
-        path = images.data[i]
-        try:
-            with Image.open(path) as img:
-                orientation = exif_orientation(img, from_file=True)
-                arr = pil_to_array(img, f"{where} = {path!r}", n_channels=images.n_channels)
-        except DecodeError:
-            raise
-        except Exception as exc:
-            raise DecodeError(unreadable_message(
-                where, path, exc, fix="The file is corrupt or truncated: replace it with "
-                "a valid image file or remove it from the input.")) from None
-        arr = orient(arr, orientation)
-    else:
-        item = images.data[i]
-        if isinstance(item, np.ndarray):
-            arr = item
-        else:
-            try:
-                arr = orient(pil_to_array(item, where, n_channels=images.n_channels),
-                             exif_orientation(item, from_file=False))
-            except DecodeError:
-                raise
-            except Exception as exc:  # a lazily opened PIL image of a broken file
-                raise DecodeError(
-                    f"{where} (a PIL image) cannot be decoded ({type(exc).__name__}: "
-                    f"{exc}). Its file is corrupt or truncated: replace it or drop it."
-                ) from None
-    return to_chw_float(arr)
-
-
-def to_chw_float(arr):
-    """(H, W[, C]) array -> float32 tensor (3, H, W) in [0, 1].
-
-    uint8 and other 8-bit integer arrays are divided by 255, uint16 ones by 65535;
-    floats are taken as they are (in [0, 1]).
-    """
-    if _is_uint16(arr):
-        arr = arr.astype(np.float32) / np.float32(65535.0)
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # np.asarray(PIL image) is read-only
-        arr = arr.copy()
-    t = torch.from_numpy(arr)
-    if t.ndim == 2:
-        t = t[:, :, None]
-    t = t.permute(2, 0, 1)
-    t = t.float() if arr.dtype.kind == "f" else t.float().div_(255.0)
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    return t
-
-
-def resize_image(t, size, *, interpolation="bicubic", crop_pct=None):
-    """Resize a (C, H, W) float tensor to ``size`` = (h, w).
-
-    With ``crop_pct=None`` the whole image is resized (no crop, as the layer-wise study
-    did); with a float, the shorter side is resized to ``size / crop_pct`` and the centre
-    is cropped, as timm's evaluation transform does.
-    """
-    mode = interpolation if interpolation in _INTERPOLATIONS else "bilinear"
-    h, w = size
-    kw = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
-    if crop_pct is None:
-        out = F.interpolate(t[None], size=(h, w), mode=mode, **kw)[0]
-    else:
-        scale_to = int(round(min(h, w) / crop_pct))
-        ih, iw = t.shape[1:]
-        if ih <= iw:
-            nh, nw = scale_to, int(round(iw * scale_to / ih))
-        else:
-            nh, nw = int(round(ih * scale_to / iw)), scale_to
-        out = F.interpolate(t[None], size=(nh, nw), mode=mode, **kw)[0]
-        top, left = (nh - h) // 2, (nw - w) // 2
-        out = out[:, top:top + h, left:left + w]
-    # bicubic overshoots; keep the [0, 1] range that normalisation assumes
-    return out.clamp_(0.0, 1.0)
-
-
 class ImageDataset(torch.utils.data.Dataset):
-    """Decodes and resizes image ``i`` on access (in DataLoader workers for paths)."""
+    """Decodes and resizes image ``i`` on access (in DataLoader workers for paths).
 
-    def __init__(self, images, indices, size, *, interpolation="bicubic", crop_pct=None):
+    Items are float32 (3, h, w) in [0, 1], or with ``raw=True`` as decoded (uint8 for
+    8-bit sources, see :func:`~sklearn_endo._decode.decode_resized`).
+    """
+
+    def __init__(self, images, indices, size, *, interpolation="bicubic", crop_pct=None,
+                 raw=False):
         self.images = images
         self.indices = list(indices)
         self.size = tuple(size)
         self.interpolation = interpolation
         self.crop_pct = crop_pct
+        self.raw = raw
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, k):
-        t = load_image(self.images, self.indices[k])
-        return resize_image(t, self.size, interpolation=self.interpolation,
-                            crop_pct=self.crop_pct)
+        t = decode_resized(self.images, self.indices[k], self.size,
+                           interpolation=self.interpolation, crop_pct=self.crop_pct)
+        return t if self.raw else to_float(t)
 
 
 def make_loader(images, indices, size, *, batch_size, num_workers="auto",
-                interpolation="bicubic", crop_pct=None, pin_memory=False):
-    """A DataLoader over ``indices`` of ``images`` yielding float batches (B, 3, h, w).
+                interpolation="bicubic", crop_pct=None, pin_memory=False, raw=False):
+    """A DataLoader over ``indices`` of ``images`` yielding batches (B, 3, h, w).
 
+    Batches are float32 in [0, 1]; with ``raw=True`` they are uint8 when every image of
+    the batch is 8-bit (turn them into floats with :func:`to_float`, e.g. on the device).
     A file that a worker cannot decode raises :class:`DecodeError` in the caller, with
     the package's message (naming ``X[i]`` and the file) first, not torch's "Caught
     ValueError in DataLoader worker process 0"; any Dataset that decodes through
-    :func:`load_image` gets this, with no wrapper around the loader.
+    :func:`decode_resized` gets this, with no wrapper around the loader.
     """
     if num_workers == "auto":
         num_workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
-    ds = ImageDataset(images, indices, size, interpolation=interpolation, crop_pct=crop_pct)
+    ds = ImageDataset(images, indices, size, interpolation=interpolation, crop_pct=crop_pct,
+                      raw=raw)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=False,
+        pin_memory=pin_memory, persistent_workers=False, collate_fn=collate,
     )

@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from . import _decode
 from ._claims import Poll
 from ._columns import Columns
 from ._device import numeric_mode
@@ -368,7 +369,8 @@ class LayerFeatureTransformer(TransformerMixin, BaseEstimator):
     def _namespace(self, handle):
         spec = {"weights": handle.fingerprint, "blocks": handle.layer_names,
                 "data": handle.data_config, "crop_pct": self.crop_pct,
-                "final_norm": bool(self.final_norm), "v": 1}
+                "final_norm": bool(self.final_norm), "v": 1,
+                "pre": _decode.PREPROCESSING}  # how pixels are decoded and resized
         mode = numeric_mode(next(handle.module.parameters()).device, self.amp)
         if mode is not None:  # the CPU in float32: keys as they were, old stores valid
             spec["numeric"] = mode

@@ -97,10 +97,13 @@ def test_mixed_grayscale_and_rgba(tmp_path, tiny_vit):
         t.fit([rgb, gray])
     with pytest.raises(ValueError, match="RGBA"):
         t.fit([rgb, rgba])
+    # files are read as RGB (#16): a folder may mix modes; the grey file is replicated
     gray.save(tmp_path / "g.png")
     rgb.save(tmp_path / "c.png")
-    with pytest.raises(ValueError, match="mixes grayscale"):
-        t.fit([str(tmp_path / "c.png"), str(tmp_path / "g.png")])
+    gray.convert("RGB").save(tmp_path / "g3.png")
+    t = LayerFeatureTransformer(tiny_vit, feature_store=None)
+    got = t.fit_transform([str(tmp_path / p) for p in ("c.png", "g.png", "g3.png")])
+    np.testing.assert_array_equal(got[1], got[2])
 
 
 def test_y_of_another_length(images, tiny_vit):

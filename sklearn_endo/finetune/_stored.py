@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import torch
 
+from .. import _decode
 from .._device import numeric_mode
 from .._images import image_hashes, make_loader
 from .._store import get_store
@@ -123,7 +124,7 @@ class StoredFeaturesMixin:
     def _namespace(self, *kind):
         handle = self._get_handle()
         spec = (handle.fingerprint, self.input_size_, self._interp(),
-                self.module_.num_prefix_tokens) + kind
+                self.module_.num_prefix_tokens, _decode.PREPROCESSING) + kind
         # the frozen part runs in float32 (no autocast) on the network's device: rows
         # from a GPU (TF32 convolutions by default) never share the CPU's namespace
         mode = numeric_mode(next(self.module_.parameters()).device, amp=False)
