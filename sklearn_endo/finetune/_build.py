@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._encoders import no_class_token_message, resolve_device, resolve_encoder
-from .._images import load_image, resize_image
+from .._images import load_resized
 from ._augment import AUGMENTS, make_augment
 from ._network import HEADS, POOLINGS, FineTuneNet, LinearHead, TransformerHead, Trunk
 
@@ -36,9 +36,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = load_image(self.images, i)
-        if tuple(x.shape[1:]) != self.size:  # (resizing to the same size is the identity)
-            x = resize_image(x, self.size, interpolation=self.interpolation)
+        x = load_resized(self.images, i, self.size, interpolation=self.interpolation)
         return x, (0 if self.y is None else int(self.y[i]))
 
 

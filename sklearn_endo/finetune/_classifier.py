@@ -16,7 +16,7 @@ from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, Prin
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-from .._images import check_images, load_image
+from .._images import check_images, image_sizes
 from .._iterators import skorch_image_iterator
 from .._skorch import SkorchEstimatorMixin
 from ._augment import make_augment
@@ -420,8 +420,7 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     def _input_hint(images):
         if images.kind == "array":
             return tuple(images.data.shape[1:3])
-        item = load_image(images, 0)
-        return tuple(item.shape[1:])
+        return tuple(image_sizes(images, [0])[0])  # headers only, no decoding
 
     def _interp(self):
         return self._get_handle().data_config["interpolation"]

@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from .._device import autocast_context, autocast_dtype, needs_grad_scaler
-from .._images import check_images, load_image, make_loader, resize_image
+from .._images import check_images, load_resized, make_loader
 from .._skorch import forked_rng
 from ._augment import MultiCrop, make_local_views, make_views
 from ._build import METHODS, PretrainerBuildMixin
@@ -36,9 +36,7 @@ class _ViewDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = load_image(self.images, i)
-        if tuple(x.shape[1:]) != self.size:
-            x = resize_image(x, self.size, interpolation=self.interpolation)
+        x = load_resized(self.images, i, self.size, interpolation=self.interpolation)
         return self.views(x)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils.multiclass import check_classification_targets
 
-from .._images import load_image, resize_image
+from .._images import load_resized
 from ._loss import UNLABELED
 
 __all__ = ["UBCDataset", "check_sample_weight", "encode_labels"]
@@ -31,9 +31,7 @@ class UBCDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = load_image(self.images, i)
-        if tuple(x.shape[1:]) != self.size:
-            x = resize_image(x, self.size, interpolation="bilinear")
+        x = load_resized(self.images, i, self.size, interpolation="bilinear")
         if self.y is None:
             return x, 0
         mask, has = self.masks.get(i, self.size)
