@@ -84,13 +84,45 @@ class SkorchEstimatorMixin:
         with self._resolved_device():
             return super().load_params(*args, **kwargs)
 
+    # ------------------------------------------------------------ pickling
+    #: Left out of a pickle: the optimizer (its param groups hold the weights, Adam's
+    #: moments twice their size) and the callbacks (an LRScheduler holds the optimizer,
+    #: EarlyStopping/Checkpoint copies of the weights); rebuilt fresh on unpickling.
+    _NOT_PICKLED = ("optimizer_", "callbacks_")
+
+    def __getstate__(self):
+        held = {k: self.__dict__.pop(k) for k in self._NOT_PICKLED if k in self.__dict__}
+        try:
+            state = super().__getstate__()
+        finally:
+            self.__dict__.update(held)
+        optimizer = held.get("optimizer_")
+        if optimizer is not None:  # the groups' lrs (a schedule's place), not the weights
+            state["__optimizer_groups__"] = [
+                {k: v for k, v in g.items() if k != "params"}
+                for g in optimizer.param_groups]
+        return state
+
     def __setstate__(self, state):
         spec = state.get("device")
         if spec == "auto":
             state = dict(state, device=resolve_device("auto").type)
+        state = dict(state)
+        groups = state.pop("__optimizer_groups__", None)
         super().__setstate__(state)
-        if spec == "auto":
-            self.device = "auto"
+        try:
+            if getattr(self, "initialized_", False) and "module_" in self.__dict__:
+                # fresh callbacks and a fresh optimizer (no moments) at the saved lrs,
+                # for partial_fit / warm_start after loading
+                self.initialize_callbacks()
+                self.initialize_optimizer()
+                fresh = self.optimizer_.param_groups
+                if groups is not None and len(groups) == len(fresh):
+                    for group, saved in zip(fresh, groups):
+                        group.update(saved)
+        finally:
+            if spec == "auto":
+                self.device = "auto"
 
     # ------------------------------------------------------------ sklearn API
     def __sklearn_is_fitted__(self):

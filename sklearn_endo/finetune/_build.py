@@ -112,9 +112,13 @@ class NetworkBuildMixin:
             size = self.img_size
             if isinstance(self.encoder, torch.nn.Module) and _resizable(self.encoder, size):
                 size = None  # resolve the module as it is; _source resizes a copy
-            handle = resolve_encoder(self.encoder, pretrained=self.pretrained,
-                                     checkpoint_path=self.checkpoint_path,
-                                     img_size=size, device=self.device)
+            # first use may come inside predict's inference mode (after unpickling):
+            # the encoder is built with ordinary tensors, whose version counters the
+            # weights check reads
+            with torch.inference_mode(False):
+                handle = resolve_encoder(self.encoder, pretrained=self.pretrained,
+                                         checkpoint_path=self.checkpoint_path,
+                                         img_size=size, device=self.device)
             self._handle_ = handle
         return handle
 

@@ -139,7 +139,12 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     callbacks : list or None, default=None
         Added to the defaults (``epoch_timer``, ``train_loss``, ``valid_loss``, the
         schedule's callbacks, ``print_log``).
-    warm_start, verbose, device, criterion, **kwargs
+    verbose : int, default=1
+        1 shows progress: a bar over the one-off feature pass of a frozen part (when
+        ``fit`` computes stored features) and skorch's epoch table, a row per epoch as
+        it ends (train loss, valid loss with a ``train_split``, seconds); 0 prints
+        nothing.
+    warm_start, device, criterion, **kwargs
         As in skorch (``device="auto"`` picks cuda, then mps, then cpu).
 
     Attributes
@@ -207,7 +212,8 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     >>> X = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
     >>> y = np.array([0, 1] * 4)
     >>> clf = FineTuneClassifier("resnet18", pretrained=False, img_size=32, layer=4,
-    ...                          freeze=2, max_epochs=1, batch_size=4, random_state=0)
+    ...                          freeze=2, max_epochs=1, batch_size=4, random_state=0,
+    ...                          verbose=0)
     >>> clf.fit(X, y).predict(X[:2]).shape
     (2,)
     >>> clf.n_layers_, clf.layer_, clf.freeze_
@@ -221,7 +227,7 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
                  patience=3, mixup=None, feature_store="memory", classes=None,
                  random_state=None, criterion=torch.nn.CrossEntropyLoss,
                  optimizer=torch.optim.AdamW, lr=1e-4, max_epochs=10, batch_size=32,
-                 train_split=None, callbacks=None, warm_start=False, verbose=0,
+                 train_split=None, callbacks=None, warm_start=False, verbose=1,
                  device="auto", **kwargs):
         self.encoder = encoder
         self.head = head
@@ -355,7 +361,11 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
                 self.stored_features_ = self._stored_kind(images)
                 self.module_.stored_input = self._stored_input()
                 if self.stored_features_:
-                    data = _StoredDataset(self._stored(images), y_enc)
+                    self._feature_progress_ = bool(self.verbose)
+                    try:
+                        data = _StoredDataset(self._stored(images), y_enc)
+                    finally:
+                        del self._feature_progress_
             if self.stored_features_:
                 self.feature_time_ = time.perf_counter() - t0
             else:
@@ -451,8 +461,9 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     # ------------------------------------------------------------ prediction
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``."""
-        self.check_is_fitted()
+        self._check_fitted()
         images = check_images(X, name="X")
+        interpolation = self._interp()  # the encoder handle, outside inference mode
         t0 = time.perf_counter()
         out = []
         with self._resolved_device(), torch.inference_mode():
@@ -462,7 +473,7 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
                 out.extend(self._predict_stored(images))
             else:
                 self.module_.stored_input = None
-                dataset = ImageDataset(images, self.input_size_, self._interp())
+                dataset = ImageDataset(images, self.input_size_, interpolation)
                 for xb, _ in self.get_iterator(dataset, training=False):
                     xb = to_tensor(xb, device=self.device)
                     out.append(self.module_(xb).float().softmax(1).cpu().numpy())
@@ -471,16 +482,18 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
 
     def predict(self, X):
         """Class labels, from ``classes_``."""
+        self._check_fitted()
         return self.classes_[self.predict_proba(X).argmax(1)]
 
     def score(self, X, y, sample_weight=None):
         """Accuracy."""
+        self._check_fitted()
         return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
 
     @property
     def encoder_(self):
         """The fine-tuned encoder as a plain, frozen timm module (built on first use)."""
-        self.check_is_fitted()
+        self._check_fitted()
         cached = getattr(self, "_encoder_cache_", None)
         if cached:  # a list: skorch refuses modules set outside initialize
             return cached[0]

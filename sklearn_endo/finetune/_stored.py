@@ -74,6 +74,14 @@ class StoredFeaturesMixin:
             return False
         return "tokens" if self.freeze_ == self.layer_ else "boundary"
 
+    def _progress(self, loader, what):
+        """``loader``, with a progress bar during ``fit``'s feature pass when verbose."""
+        if not getattr(self, "_feature_progress_", False):
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, desc=f"{type(self).__name__}: {what}", unit="batch")
+
     def _stored_input(self):
         """What ``module_`` is given (see ``FineTuneNet.stored_input``)."""
         if self.stored_features_ == "boundary":
@@ -180,7 +188,7 @@ class StoredFeaturesMixin:
             net.eval()
             try:
                 with torch.inference_mode():
-                    for xb in loader:
+                    for xb in self._progress(loader, "features of the frozen trunk"):
                         out = net.cut(xb.to(self.device))
                         batch, done = fresh[done:done + len(xb)], done + len(xb)
                         # kept batch by batch: no copy of all maps at once
@@ -222,7 +230,7 @@ class StoredFeaturesMixin:
             order, done, fresh = list(todo), 0, {}
             try:
                 with torch.inference_mode():
-                    for xb in loader:
+                    for xb in self._progress(loader, f"maps at block {k + 1}"):
                         edge = net.boundary(xb.to(self.device), k)
                         edge = edge.to("cpu", torch.float16).numpy()
                         batch, done = order[done:done + len(xb)], done + len(xb)

@@ -261,6 +261,13 @@ class SelfSupervisedPretrainer(PretrainerBuildMixin, TransformerMixin, BaseEstim
         shared = params.pop("encoder")
         return type(self)(shared, **{k: clone(v, safe=False) for k, v in params.items()})
 
+    def __getstate__(self):
+        # a pickle is the encoder: the training network (heads, momentum teacher) is
+        # left out; fit starts afresh or resumes from checkpoint_dir
+        state = super().__getstate__()
+        state.pop("module_", None)
+        return state
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = False
