@@ -18,7 +18,7 @@ from ._clinical import (
     sensitivity_score,
     specificity_score,
 )
-from ._dice import dice_score
+from ._dice import dice_score, iou_score
 from ._intervals import AccuracyCI, accuracy_ci, wilson_interval
 from ._scorer import get_scorers, sensitivity_scorer, specificity_scorer
 
@@ -32,6 +32,7 @@ __all__ = [
     "dice_ci",
     "dice_score",
     "get_scorers",
+    "iou_score",
     "linear_cka",
     "minibatch_cka",
     "quadratic_weighted_kappa",

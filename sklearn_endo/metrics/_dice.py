@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["dice_score"]
+__all__ = ["dice_score", "iou_score"]
 
 _DICE_AVERAGES = (None, "samples", "micro")
 
@@ -79,6 +79,56 @@ def dice_score(y_true, y_pred, *, threshold=0.5, smooth=0.0, average="samples"):
     >>> dice_score(empty, empty)
     1.0
     """
+    true, pred = _check_pair(y_true, y_pred, threshold, smooth, average)
+    intersection = np.logical_and(true, pred).sum(axis=1).astype(float)
+    total = (true.sum(axis=1) + pred.sum(axis=1)).astype(float)
+    if average == "micro":
+        intersection, total = intersection.sum(keepdims=True), total.sum(keepdims=True)
+    empty = total == 0
+    scores = (2.0 * intersection + smooth) / np.where(empty, 1.0, total + smooth)
+    scores[empty] = 1.0
+    return scores if average is None else float(scores.mean())
+
+
+def iou_score(y_true, y_pred, *, threshold=0.5, smooth=0.0, average="samples"):
+    """Intersection over union (Jaccard index) between binary masks.
+
+    ``iou = (|T & P| + smooth) / (|T | P| + smooth)``, with the conventions of
+    :func:`dice_score`: both masks empty scores 1.0, probabilities are binarised as
+    ``y_pred > threshold``, and ``average`` is ``"samples"``, ``"micro"`` or None. Per
+    mask, ``iou = dice / (2 - dice)`` (for ``smooth=0``).
+
+    Parameters
+    ----------
+    y_true, y_pred, threshold, smooth, average
+        As in :func:`dice_score`.
+
+    Returns
+    -------
+    iou : float or ndarray of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_endo.metrics import iou_score
+    >>> y_true = np.array([[1, 1, 0], [0, 0, 0]])
+    >>> y_pred = np.array([[0.9, 0.2, 0.1], [0.7, 0.0, 0.0]])
+    >>> round(iou_score(y_true, y_pred), 4)   # 1 / 3
+    0.3333
+    """
+    true, pred = _check_pair(y_true, y_pred, threshold, smooth, average)
+    intersection = np.logical_and(true, pred).sum(axis=1).astype(float)
+    union = np.logical_or(true, pred).sum(axis=1).astype(float)
+    if average == "micro":
+        intersection, union = intersection.sum(keepdims=True), union.sum(keepdims=True)
+    empty = union == 0
+    scores = (intersection + smooth) / np.where(empty, 1.0, union + smooth)
+    scores[empty] = 1.0
+    return scores if average is None else float(scores.mean())
+
+
+def _check_pair(y_true, y_pred, threshold, smooth, average):
+    """Validated (n, pixels) bool arrays of truth and binarised prediction."""
     if average not in _DICE_AVERAGES:
         raise ValueError(
             f"average must be one of {_DICE_AVERAGES}, got {average!r}. Use 'samples' "
@@ -107,12 +157,4 @@ def dice_score(y_true, y_pred, *, threshold=0.5, smooth=0.0, average="samples"):
         )
     true = true.astype(bool).reshape(len(true), -1)
     pred = (pred > threshold).reshape(len(pred), -1)
-
-    intersection = np.logical_and(true, pred).sum(axis=1).astype(float)
-    total = (true.sum(axis=1) + pred.sum(axis=1)).astype(float)
-    if average == "micro":
-        intersection, total = intersection.sum(keepdims=True), total.sum(keepdims=True)
-    empty = total == 0
-    scores = (2.0 * intersection + smooth) / np.where(empty, 1.0, total + smooth)
-    scores[empty] = 1.0
-    return scores if average is None else float(scores.mean())
+    return true, pred

@@ -25,6 +25,22 @@ def soft_dice(probs, target, smooth):
     return (2.0 * (p * g).sum(1) + smooth) / (p.sum(1) + g.sum(1) + smooth)
 
 
+def mask_dice(mask_logits, masks, n_mask_classes, smooth):
+    """(B,) soft Dice of mask logits (B, K, h, w) against masks (B, h, w).
+
+    Binary (``n_mask_classes == 1``): the sigmoid of channel 0 against {0, 1} masks.
+    Multi-class: the mean over foreground classes 1..K-1 of the softmax against the
+    one-hot label map (class 0 is background).
+    """
+    if n_mask_classes > 1:
+        probs = mask_logits.softmax(1)[:, 1:]
+        onehot = F.one_hot(masks.long(), n_mask_classes).permute(0, 3, 1, 2)[:, 1:]
+        b, k = probs.shape[:2]
+        return soft_dice(probs.reshape(b * k, -1), onehot.reshape(b * k, -1),
+                         smooth).view(b, k).mean(1)
+    return soft_dice(mask_logits[:, 0].sigmoid(), masks, smooth)
+
+
 class UBCLoss(nn.Module):
     """``alpha * CE + (1 - alpha) * DiceLoss`` over a batch with partial labels/masks.
 
@@ -63,14 +79,7 @@ class UBCLoss(nn.Module):
         ce = _weighted_mean(ce, (y != UNLABELED).to(ce.dtype), sample_weight)
         if mask_logits is None:
             return ce, ce.new_zeros(())
-        if self.n_mask_classes > 1:
-            probs = mask_logits.softmax(1)[:, 1:]
-            onehot = F.one_hot(masks.long(), self.n_mask_classes).permute(0, 3, 1, 2)[:, 1:]
-            b, k = probs.shape[:2]
-            dice = soft_dice(probs.reshape(b * k, -1), onehot.reshape(b * k, -1),
-                             self.dice_smooth).view(b, k).mean(1)
-        else:
-            dice = soft_dice(mask_logits[:, 0].sigmoid(), masks, self.dice_smooth)
+        dice = mask_dice(mask_logits, masks, self.n_mask_classes, self.dice_smooth)
         dice_loss = _weighted_mean(1.0 - dice, has_mask.to(dice.dtype), sample_weight)
         return ce, dice_loss
 

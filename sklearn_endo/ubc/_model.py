@@ -236,7 +236,7 @@ def _what_differs(n=3, **named):
                      for name, keys in named.items() if keys)
 
 
-def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3):
+def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3, owner="UBCClassifier"):
     """Set every weight of smp ``encoder`` from the timm state dict at ``path``.
 
     The file is first checked against the timm model of the same name (no classifier):
@@ -266,10 +266,17 @@ def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3):
                 f"(num_classes=0): {_what_differs(missing=missing, unexpected=extra)}. "
                 f"Save the encoder of the same model name, e.g. "
                 f"SelfSupervisedPretrainer({timm_name!r}, ...).save_encoder(path).")
+        # a timm head built inside the smp encoder (DPT's ViT) is not the encoder's
+        heads = (head + ".",)
+    else:
+        heads = ()
     target = encoder.model if smp_name.startswith("tu-") else encoder
     load = {}
     missing, bad = [], []
     for key, value in target.state_dict().items():
+        if heads and key.startswith(heads) and key not in state:
+            load[key] = value
+            continue
         src = key if key in state else re.sub(r"^([A-Za-z]+)_(\d+)\.", r"\1.\2.", key)
         if src not in state:
             if not key.endswith(skip):
@@ -285,7 +292,7 @@ def load_encoder_checkpoint(encoder, spec, path, *, in_chans=3):
         load[key] = w
     if missing or bad:
         raise ValueError(
-            f"checkpoint_path={path!r} does not fit UBCClassifier's encoder {spec!r}: "
+            f"checkpoint_path={path!r} does not fit {owner}'s encoder {spec!r}: "
             f"{_what_differs(2, missing=missing, shape_mismatches=bad)}. Use a "
             f"state dict of the timm model of the same name (and in_chans=3 or 1).")
     target.load_state_dict(load, strict=True)
