@@ -1,5 +1,6 @@
 """Segmenter: masks in, masks out (tiny models at 32 px)."""
 
+import pickle
 import re
 
 import numpy as np
@@ -10,6 +11,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
 
+from sklearn_endo._images import check_images, load_resized
 from sklearn_endo.datasets import make_lesions
 from sklearn_endo.metrics import dice_score, iou_score
 from sklearn_endo.segmentation import (
@@ -91,10 +93,8 @@ def test_predict_at_each_images_own_size(fitted, lesions):
         np.testing.assert_array_equal(m, p > fitted.threshold)
     # the probabilities are the 32 x 32 logits resized bilinearly, then the sigmoid
     with torch.inference_mode():
-        x = torch.from_numpy(np.asarray(items[1])).permute(2, 0, 1).float()[None] / 255
-        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear",
-                                            antialias=True).clamp(0, 1)
-        logits = fitted.module_(x)
+        x = load_resized(check_images(items), 1, (32, 32), interpolation="bilinear")
+        logits = fitted.module_(x[None])
         want = torch.nn.functional.interpolate(logits, size=(40, 24), mode="bilinear")
     np.testing.assert_allclose(proba[1], want[0, 0].sigmoid().numpy(), atol=1e-5)
 
@@ -320,6 +320,9 @@ def test_sklearn_conventions(lesions):
     assert "n_classes=3" in repr(Segmenter(n_classes=3))
     c = clone(seg.set_params(lr=0.01))
     assert c.get_params()["lr"] == 0.01 and not hasattr(c, "module_")
+    fitted = seg.fit(X[:8], masks[:8])
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict_proba(X[:3]), fitted.predict_proba(X[:3]))
     with pytest.raises(ValueError, match=r"image_size=40 does not fit encoder='tu-test_vit' "
                                          r"with architecture='dpt': .*divisible by 16"):
         Segmenter(**dict(TINY, encoder="tu-test_vit", architecture="dpt", image_size=40,

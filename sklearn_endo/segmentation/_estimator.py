@@ -11,10 +11,10 @@ from skorch import NeuralNet
 from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
 from skorch.utils import to_tensor
 
-from .._images import check_images, image_sizes, load_image, resize_image
+from .._images import check_images, image_sizes, load_resized
 from .._iterators import skorch_image_iterator
 from .._skorch import SkorchEstimatorMixin
-from ..ubc._classifier import _check_sample_weight as check_sample_weight
+from ..ubc._data import check_sample_weight
 from ..ubc._masks import check_masks
 from ..ubc._model import load_encoder_checkpoint, pretrained_kwargs
 from ._augment import AUGMENTS, make_joint_augment
@@ -42,9 +42,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = load_image(self.images, i)
-        if tuple(x.shape[1:]) != self.size:
-            x = resize_image(x, self.size, interpolation="bilinear")
+        x = load_resized(self.images, i, self.size, interpolation="bilinear")
         if self.masks is None:
             return x, 0
         mask, has = self.masks.get(i, self.size)
