@@ -15,11 +15,19 @@ second for each row:
    adds others, e.g. ``vit_small_patch16_224``. Pairs alternate which side goes first;
    the ratio is the median over pairs.
 
-Run: ``python benchmarks/bench_decode.py`` (about 2 minutes on 2 CPU cores).
+3. ``FineTuneClassifier(freeze="none")`` epochs 2+ on the JPEG paths against the same
+   images as in-memory uint8 arrays at the working size (target <= 1.10x): the decode
+   cache (:mod:`sklearn_endo._decode_cache`) serves epochs 2+ from its files (paths
+   are decoded by DataLoader workers); EfficientNet-Lite0 at ``--ft-size`` (128) px.
+4. Peak RSS of the decode cache over 2,000 image paths with its memory bound set to
+   100 MB (target: bound + one batch), in a fresh process, two epochs.
+
+Run: ``python benchmarks/bench_decode.py`` (a few minutes on 2 CPU cores).
 """
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,6 +143,74 @@ def bench_transform(models, paths, pairs):
         print(f"  paths / arrays: {ratio:.2f}x (target <= 1.2x; 1.48x before #19)")
 
 
+def bench_finetune(paths, size, epochs):
+    from sklearn_endo.finetune import FineTuneClassifier
+
+    X = np.stack([decode_file(p, "X[0]", size=(size, size)).permute(1, 2, 0).numpy()
+                  for p in paths])
+    y = np.arange(len(paths)) % 2
+    print(f"3. FineTuneClassifier(freeze='none') epochs 2..{epochs}, {len(paths)} images "
+          f"at {size} px, median epoch")
+    durs = {}
+    for label, inputs in (("JPEG paths (decode cache)", list(paths)),
+                          ("uint8 arrays at the working size", X),
+                          ("JPEG paths, again", list(paths))):
+        clf = FineTuneClassifier("efficientnet_lite0", pretrained=False, img_size=size,
+                                 max_epochs=epochs, batch_size=16, verbose=0)
+        clf.fit(inputs, y)
+        durs[label] = float(np.median(clf.history[1:, "dur"]))
+        row(label, durs[label] / len(paths))
+    paths_t = (durs["JPEG paths (decode cache)"] + durs["JPEG paths, again"]) / 2
+    print(f"  paths / arrays: {paths_t / durs['uint8 arrays at the working size']:.2f}x "
+          f"(target <= 1.10x)")
+
+
+def _status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def rss_child(folder, n, bound):
+    """Runs in a fresh process: two epochs of ``load_resized`` over ``n`` paths."""
+    os.environ["SKLEARN_ENDO_DECODE_CACHE_BYTES"] = str(bound)
+    os.environ["SKLEARN_ENDO_DECODE_CACHE_DIR"] = os.path.join(folder, f"decoded{bound}")
+    from sklearn_endo._decode_cache import DECODED, load_resized
+
+    rng = np.random.default_rng(1)
+    base = photo(512, 640, rng)
+    paths = []
+    for i in range(n):
+        top, left = rng.integers(0, 256), rng.integers(0, 384)
+        paths.append(os.path.join(folder, f"rss_{i}.jpg"))
+        Image.fromarray(base[top:top + 256, left:left + 256]).save(paths[-1], quality=90)
+    images = check_images(paths)
+    load_resized(images, 0, (224, 224))
+    DECODED.clear()
+    before = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to now
+        f.write("5")
+    times, seen = [], 0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for start in range(0, n, 32):  # batches of 32, as a DataLoader would
+            batch = None
+            batch = torch.stack([load_resized(images, i, (224, 224))
+                                 for i in range(start, min(n, start + 32))])
+            seen += len(batch)
+        times.append(time.perf_counter() - t0)
+    peak = _status_bytes("VmHWM")
+    assert seen == 2 * n
+    print(f"  {n} paths at 224 px ({n * 3 * 224 * 224 / 1e6:.0f} MB decoded), bound "
+          f"{bound / 1e6:.0f} MB: in memory {DECODED.nbytes / 1e6:.0f} MB, peak RSS "
+          f"+{(peak - before) / 1e6:.0f} MB over the process before the epochs (one float "
+          f"batch of 32: {32 * 3 * 224 * 224 * 4 / 1e6:.0f} MB)")
+    row("epoch 1 (decode)", times[0] / n)
+    row("epoch 2 (memory, then files)", times[1] / n)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-small", type=int, default=32, help="720x576 JPEGs (32)")
@@ -144,7 +220,15 @@ def main(argv=None):
     parser.add_argument("--models", default="efficientnet_lite0",
                         help="comma-separated timm names (efficientnet_lite0)")
     parser.add_argument("--skip-transform", action="store_true")
+    parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--ft-size", type=int, default=128, help="fine-tuning px (128)")
+    parser.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs (3)")
+    parser.add_argument("--rss-paths", type=int, default=2000, help="RSS row (2000)")
+    parser.add_argument("--rss-bound", type=float, default=100e6, help="bytes (100e6)")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rss_child:
+        return rss_child(args.rss_child, args.rss_paths, int(args.rss_bound))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     rng = np.random.default_rng(0)
@@ -155,6 +239,13 @@ def main(argv=None):
         bench_decode({"720x576": small, "1920x1072": big}, args.repeats)
         if not args.skip_transform:
             bench_transform(args.models.split(","), small + big, args.pairs)
+        os.environ["SKLEARN_ENDO_DECODE_CACHE_DIR"] = os.path.join(folder, "decoded")
+        if not args.skip_finetune:
+            bench_finetune(small + big, args.ft_size, args.ft_epochs)
+        print("4. decode cache memory, fresh processes: the bound, then no memory tier")
+        for bound in (args.rss_bound, 0):
+            subprocess.run([sys.executable, __file__, "--rss-child", folder, "--rss-paths",
+                            str(args.rss_paths), "--rss-bound", str(bound)], check=True)
 
 
 if __name__ == "__main__":

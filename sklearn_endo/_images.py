@@ -59,7 +59,6 @@ from ._decode import (  # noqa: F401  (re-exported: the names other modules impo
     decode_resized,
     exif_orientation,
     load_image,
-    load_resized,
     orient,
     oriented_hw,
     pil_to_array,
@@ -68,6 +67,7 @@ from ._decode import (  # noqa: F401  (re-exported: the names other modules impo
     to_float,
     unreadable_message,
 )
+from ._decode_cache import load_resized  # noqa: F401  (the training datasets' entry)
 
 _CACHE_MAX = 200_000  # entries of each per-file cache before it is emptied
 
