@@ -9,15 +9,19 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+from numbers import Integral, Real
 
+import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 from skorch import NeuralNet
 
 from ._encoders import resolve_device
 
-__all__ = ["SkorchEstimatorMixin", "forked_rng", "seed_of", "changed_params_repr"]
+__all__ = ["SkorchEstimatorMixin", "changed_params_repr", "check_sample_weight", "forked_rng",
+           "seed_of"]
 
 
 class _AutoDevice(str):
@@ -49,6 +53,19 @@ class SkorchEstimatorMixin:
     Put it before ``NeuralNet`` in the bases. The estimator has ``device`` (``"auto"``
     allowed) and ``random_state``.
     """
+
+    #: Checked at fit with scikit-learn's parameter validation (its messages name the
+    #: parameter, the accepted values and what was given).
+    _parameter_constraints = {
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+    }
+
+    def _validate_constraints(self):
+        c = self._parameter_constraints
+        validate_parameter_constraints(c, {k: getattr(self, k) for k in c},
+                                       caller_name=type(self).__name__)
 
     @contextlib.contextmanager
     def _resolved_device(self):
@@ -186,3 +203,32 @@ def _wrap(head, items, tail, width=79):
         current, empty = current + item + " ", False
     lines.append(current.rstrip())
     return "\n".join(lines)
+
+
+def check_sample_weight(sample_weight, n):
+    """``sample_weight`` as a float64 array of ``n`` finite weights >= 0, or None."""
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sample_weight must be an array of {n} numbers, one per image; got "
+            f"{type(sample_weight).__name__} that cannot be read as numbers."
+        ) from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise ValueError(
+            f"sample_weight has shape {w.shape} but X has {n} images; pass one weight "
+            f"per image (shape ({n},))."
+        )
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise ValueError(
+            f"sample_weight must be finite and >= 0; sample_weight[{bad[0]}] = "
+            f"{float(w[bad[0]])!r}. Drop that sample or give it weight 0."
+        )
+    if not w.any():
+        raise ValueError("sample_weight is 0 for every sample; nothing would be trained.")
+    return w

@@ -17,7 +17,11 @@ from .._images import load_resized
 from ._augment import AUGMENTS, make_augment
 from ._network import HEADS, POOLINGS, FineTuneNet, LinearHead, TransformerHead, Trunk
 
-__all__ = ["ImageDataset", "NetworkBuildMixin", "SCHEDULES"]
+__all__ = ["ImageDataset", "NetworkBuildMixin", "SCHEDULES", "STRUCTURE", "target"]
+
+#: Parameters that define the fitted network: changing one after fit needs a refit.
+STRUCTURE = ("encoder", "head", "layer", "freeze", "pooling", "img_size", "pretrained",
+             "checkpoint_path", "head_width", "head_depth", "head_heads")
 
 SCHEDULES = (None, "bit", "warmup_plateau")
 _RESIZED = weakref.WeakKeyDictionary()  # frozen source module -> {size: resized copy}
@@ -26,18 +30,27 @@ _RESIZED = weakref.WeakKeyDictionary()  # frozen source module -> {size: resized
 class ImageDataset(torch.utils.data.Dataset):
     """Image ``i`` decoded and resized on access (memory bounded by the batch)."""
 
-    def __init__(self, images, size, interpolation, y=None):
+    def __init__(self, images, size, interpolation, y=None, sample_weight=None):
         self.images = images
         self.size = tuple(size)
         self.interpolation = interpolation
         self.y = y
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
         x = load_resized(self.images, i, self.size, interpolation=self.interpolation)
-        return x, (0 if self.y is None else int(self.y[i]))
+        return x, (0 if self.y is None else target(self.y, self.sample_weight, i))
+
+
+def target(y, sample_weight, i):
+    """Label ``i``, or ``{"y": label, "weight": weight}`` with sample weights."""
+    if sample_weight is None:
+        return int(y[i])
+    return {"y": torch.tensor(int(y[i])),
+            "weight": torch.tensor(float(sample_weight[i]), dtype=torch.float32)}
 
 
 def _is_timm_vit_name(head):
@@ -68,6 +81,7 @@ class NetworkBuildMixin:
 
     # ------------------------------------------------------------ validation
     def _check_params(self):
+        self._validate_constraints()
         if self.head not in HEADS and not _is_timm_vit_name(self.head):
             raise ValueError(f"head={self.head!r} is not supported; use 'linear', "
                              f"'transformer' or a timm ViT name such as "
@@ -241,6 +255,7 @@ class NetworkBuildMixin:
         self.n_trainable_params_ = sum(p.numel() for p in self.module_.parameters()
                                        if p.requires_grad)
         self.param_depths_ = {f"trunk.encoder.{k}": v for k, v in trunk.depths(order).items()}
+        self.fitted_structure_ = {k: getattr(self, k) for k in STRUCTURE}
         self._encoder_cache_ = None
         return self
 
@@ -296,3 +311,25 @@ class NetworkBuildMixin:
             groups.setdefault(depth, []).append(p)
         return [{"params": ps, "lr": lr * float(self.layer_decay) ** (top - d)}
                 for d, ps in sorted(groups.items())]
+
+    def _check_structure(self):
+        """Raise when a parameter that defines the network changed since it was built."""
+        fitted = getattr(self, "fitted_structure_", None) or {}
+        for name, old in fitted.items():
+            new = getattr(self, name)
+            if not _same_spec(new, old):
+                raise ValueError(
+                    f"{name}={new!r} was set after fit, but the network was built with "
+                    f"{name}={old!r}: predictions would not follow it. Refit (fit with "
+                    f"warm_start=False), or set {name}={old!r} back.")
+
+
+def _same_spec(a, b):
+    if a is b:
+        return True
+    if isinstance(a, torch.nn.Module) or callable(a) or type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (an == that fails differs)
+        return False

@@ -6,6 +6,7 @@ import copy
 import math
 import numbers
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from skorch.utils import to_tensor
 
 from .._images import check_images, image_sizes
 from .._iterators import skorch_image_iterator
-from .._skorch import SkorchEstimatorMixin
+from .._skorch import SkorchEstimatorMixin, check_sample_weight
 from ._augment import make_augment
 from ._build import ImageDataset, NetworkBuildMixin
 from ._hyperrule import bit_hyperrule
@@ -26,6 +27,9 @@ from ._schedules import BitSchedule, WarmupPlateau
 from ._stored import StoredFeaturesMixin, _StoredDataset
 
 __all__ = ["FineTuneClassifier", "ImageDataset"]
+
+#: schedule="bit" warns when its steps make more epochs than this
+BIT_EPOCHS_WARN = 50
 
 
 class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeaturesMixin,
@@ -109,7 +113,8 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
         (``lr`` is ignored) with linear warm-up and x0.1 decays stepped per batch, and
         ``ceil(steps / batches per epoch)`` epochs (``max_epochs`` is ignored; steps past
         the rule's end keep its last lr). The rule's MixUp alpha is used unless
-        ``mixup`` is given. The rule's resolution is *not* applied: set ``img_size``.
+        ``mixup`` is given. Above 50 epochs (a small set) ``fit`` warns. The rule's
+        resolution is *not* applied: set ``img_size``.
         ``"warmup_plateau"``: AdamW (``optimizer__weight_decay``, default 0.05), linear
         warm-up over ``warmup_epochs``, lr x0.1 when ``valid_loss`` has not improved for
         ``patience`` epochs, and the weights of the best ``valid_loss`` epoch restored at
@@ -165,6 +170,10 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     param_depths_ : dict
         Depth (0 embedding, ``i`` block ``i``) of each trunk parameter, used by
         ``layer_decay``.
+    fitted_structure_ : dict
+        The parameters the network was built with (``encoder``, ``head``, ``layer``,
+        ``freeze``, ``pooling``, ``img_size``, ...): changing one after ``fit``
+        makes ``predict`` raise until a refit.
     stored_features_ : {"pooled", "tokens", "boundary"} or False
         What of the frozen part the network was trained on (and ``predict`` reads):
         pooled rows from the feature store, float16 token maps at the cut, float16
@@ -314,13 +323,34 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
             lam = float(torch.distributions.Beta(alpha, alpha).sample())
             perm = torch.randperm(Xi.shape[0], device=Xi.device)
             y_pred = self.infer(lam * Xi + (1 - lam) * Xi[perm], **fit_params)
+            yp = ({k: v[perm] for k, v in yi.items()} if isinstance(yi, dict)
+                  else yi[perm])
             loss = (lam * self.get_loss(y_pred, yi, X=Xi, training=True)
-                    + (1 - lam) * self.get_loss(y_pred, yi[perm], X=Xi, training=True))
+                    + (1 - lam) * self.get_loss(y_pred, yp, X=Xi, training=True))
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
 
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        if not isinstance(y_true, dict):
+            return super().get_loss(y_pred, y_true, X=X, training=training)
+        # with sample weights: the batch's weighted mean of the per-sample loss
+        y = to_tensor(y_true["y"], device=self.device)
+        w = to_tensor(y_true["weight"], device=self.device).float()
+        crit = self.criterion_
+        reduction = getattr(crit, "reduction", None)
+        if reduction is None:
+            raise ValueError(
+                f"sample_weight needs a criterion with a 'reduction' attribute (a torch "
+                f"loss), not {type(crit).__name__}; drop sample_weight or use one.")
+        crit.reduction = "none"
+        try:
+            per_sample = crit(y_pred, y).float()
+        finally:
+            crit.reduction = reduction
+        return (w * per_sample).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
     # ------------------------------------------------------------ fitting
-    def fit(self, X, y, **fit_params):
+    def fit(self, X, y, sample_weight=None, **fit_params):
         """Train on images ``X`` and labels ``y``.
 
         Parameters
@@ -329,6 +359,10 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
             ``(N, H, W[, C])`` uint8 in [0, 255] or floats in [0, 1], a list of image
             paths (decoded batch by batch) or a list of PIL images.
         y : array-like of shape (N,)
+        sample_weight : array-like of shape (N,) or None, default=None
+            Non-negative weight of each image in the loss: each batch's loss is the
+            weighted mean ``sum(w_i * loss_i) / sum(w_i)`` (a weight counts like
+            repeating the image within its batch). Sliced per fold by GridSearchCV.
         **fit_params
             Passed to skorch.
 
@@ -336,9 +370,15 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
         -------
         self
         """
+        return self._fit(X, y, None, sample_weight, fit_params)
+
+    def _fit(self, X, y, classes, sample_weight, fit_params):
         self._check_params()
         images = check_images(X, name="X", min_samples=2)
-        y_enc, classes_ = self._encode_labels(y, len(images))
+        y_enc, classes_ = self._encode_labels(y, len(images), classes)
+        weights = check_sample_weight(sample_weight, len(images))
+        if self.warm_start and self.initialized_:
+            self._check_structure()
         if (self.warm_start and self.initialized_
                 and getattr(self, "classes_", None) is not None
                 and not np.array_equal(self.classes_, classes_)):
@@ -363,13 +403,14 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
                 if self.stored_features_:
                     self._feature_progress_ = bool(self.verbose)
                     try:
-                        data = _StoredDataset(self._stored(images), y_enc)
+                        data = _StoredDataset(self._stored(images), y_enc, weights)
                     finally:
                         del self._feature_progress_
             if self.stored_features_:
                 self.feature_time_ = time.perf_counter() - t0
             else:
-                data = ImageDataset(images, self.input_size_, self._interp(), y_enc)
+                data = ImageDataset(images, self.input_size_, self._interp(), y_enc,
+                                    weights)
                 self.feature_time_ = 0.0
             epochs = self._plan_.get("epochs", self.max_epochs)
             self.partial_fit(data, y_enc, epochs=epochs, **fit_params)
@@ -378,8 +419,12 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
         self._encoder_cache_ = None
         return self
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        """Train more epochs without re-initialising (X as in ``fit``)."""
+    def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
+        """Train more epochs without re-initialising (X as in ``fit``).
+
+        ``classes`` (all labels, when ``y`` may not show all of them) fixes the classes
+        of the first call, as ``classes=`` at construction does.
+        """
         if isinstance(X, (ImageDataset, _StoredDataset)):  # from fit
             if not self.initialized_:
                 self.initialize()
@@ -391,11 +436,11 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
             self.notify("on_train_end", X=X, y=y)
             return self
         if not getattr(self, "initialized_", False):
-            return self.fit(X, y, **fit_params)
+            return self._fit(X, y, classes, sample_weight, fit_params)
         warm = self.warm_start
         self.warm_start = True
         try:
-            return self.fit(X, y, **fit_params)
+            return self._fit(X, y, classes, sample_weight, fit_params)
         finally:
             self.warm_start = warm
 
@@ -415,6 +460,14 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
             rule = bit_hyperrule(n_train, size, bs)
             plan["rule"] = rule
             plan["epochs"] = math.ceil(rule.steps / per_epoch)
+            if plan["epochs"] > BIT_EPOCHS_WARN:
+                warnings.warn(
+                    f"schedule='bit' follows BiT's rule for {n_train} training images: "
+                    f"{rule.steps} steps of batch_size={bs}, that is {plan['epochs']} "
+                    f"epochs over so few images (max_epochs is ignored). To train "
+                    f"shorter, use schedule=None or 'warmup_plateau' with max_epochs=..., "
+                    f"or a smaller batch_size (more steps per epoch).", UserWarning,
+                    stacklevel=3)
             if self.mixup is None:
                 plan["mixup"] = rule.mixup_alpha
         elif self.schedule == "warmup_plateau":
@@ -435,7 +488,7 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     def _interp(self):
         return self._get_handle().data_config["interpolation"]
 
-    def _encode_labels(self, y, n):
+    def _encode_labels(self, y, n, classes=None):
         if y is None:
             raise ValueError("y is None; FineTuneClassifier needs one label per image.")
         y = np.asarray(y)
@@ -445,8 +498,12 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
                              f"per image.")
         if y.dtype.kind == "f" and np.isnan(y).any():
             raise ValueError("y contains NaN; drop those samples or give them a label.")
-        if self.classes is not None:
-            classes_ = np.asarray(self.classes)
+        if classes is None:
+            classes = self.classes
+        if classes is None and getattr(self, "initialized_", False) and self.warm_start:
+            classes = getattr(self, "classes_", None)  # more epochs: the fitted classes
+        if classes is not None:
+            classes_ = np.asarray(classes)
             unseen = np.setdiff1d(y, classes_)
             if unseen.size:
                 raise ValueError(f"y has labels {unseen[:5].tolist()} that are not in "
@@ -462,13 +519,16 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``."""
         self._check_fitted()
+        self._check_structure()
         images = check_images(X, name="X")
         interpolation = self._interp()  # the encoder handle, outside inference mode
         t0 = time.perf_counter()
         out = []
         with self._resolved_device(), torch.inference_mode():
             self._set_training(False)
-            if getattr(self, "stored_features_", False):
+            # feature_store=None set after a stored fit: through the encoder, which
+            # gives the stored path's output (the frozen part is in module_)
+            if getattr(self, "stored_features_", False) and self.feature_store is not None:
                 self.module_.stored_input = self._stored_input()
                 out.extend(self._predict_stored(images))
             else:

@@ -29,15 +29,19 @@ class _StoredDataset(torch.utils.data.Dataset):
     """Stored outputs of the frozen part (an (N, D) array of pooled rows, or a list of
     maps that are the token store's own entries, not a stacked copy) and labels."""
 
-    def __init__(self, stored, y):
+    def __init__(self, stored, y, sample_weight=None):
         self.stored = stored
         self.y = y
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.stored)
 
     def __getitem__(self, i):
-        return torch.from_numpy(np.asarray(self.stored[i])), int(self.y[i])
+        from ._build import target
+
+        return torch.from_numpy(np.asarray(self.stored[i])), target(self.y,
+                                                                    self.sample_weight, i)
 
 
 class StoredFeaturesMixin:
@@ -209,7 +213,7 @@ class StoredFeaturesMixin:
         rows = np.stack(rows)
         dim, offsets = layout[0][2], {name: j for j, (_, name, _) in enumerate(layout)}
         return np.concatenate([rows[:, offsets[p] * dim:(offsets[p] + 1) * dim]
-                               for p in self.pooling.split("+")], axis=1)
+                               for p in self.module_.pooling.split("+")], axis=1)
 
     def _boundary_maps(self, images):
         """Float16 input maps of block ``freeze_ + 1``, from the token store or computed."""

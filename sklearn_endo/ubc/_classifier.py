@@ -342,6 +342,7 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
         return (int(s), int(s)) if isinstance(s, numbers.Integral) else tuple(map(int, s))
 
     def _check_settings(self, warn=True):
+        self._validate_constraints()  # lr, max_epochs, dropout (shared)
         if not isinstance(self.alpha, numbers.Real) or not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha!r} must be a number in [0, 1].")
         if self.pooling != "auto" and self.pooling not in POOLINGS:

@@ -7,6 +7,7 @@ import torch
 from sklearn.utils.multiclass import check_classification_targets
 
 from .._images import load_resized
+from .._skorch import check_sample_weight
 from ._loss import UNLABELED
 
 __all__ = ["UBCDataset", "check_sample_weight", "encode_labels"]
@@ -90,35 +91,6 @@ def encode_labels(y, n, classes, unlabeled):
     y_enc[~unlabeled] = np.searchsorted(classes_, labelled)
     return y_enc, classes_
 
-
-
-def check_sample_weight(sample_weight, n):
-    """``sample_weight`` as a float64 array of ``n`` finite weights >= 0, or None."""
-    if sample_weight is None:
-        return None
-    try:
-        w = np.asarray(sample_weight, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"sample_weight must be an array of {n} numbers, one per image; got "
-            f"{type(sample_weight).__name__} that cannot be read as numbers."
-        ) from None
-    if w.ndim == 0:
-        w = np.full(n, float(w))
-    if w.shape != (n,):
-        raise ValueError(
-            f"sample_weight has shape {w.shape} but X has {n} images; pass one weight "
-            f"per image (shape ({n},))."
-        )
-    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-    if bad.size:
-        raise ValueError(
-            f"sample_weight must be finite and >= 0; sample_weight[{bad[0]}] = "
-            f"{float(w[bad[0]])!r}. Drop that sample or give it weight 0."
-        )
-    if not w.any():
-        raise ValueError("sample_weight is 0 for every sample; nothing would be trained.")
-    return w
 
 
 def _same(value, sentinel):
