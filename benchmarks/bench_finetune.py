@@ -82,7 +82,7 @@ def bench_step(X, y, device, epochs, repeats=6):
     """Epoch pairs, one epoch of each side at a time, alternating which goes first, so
     that a change of machine load (other jobs) hits both sides of a pair alike."""
     kw = dict(layer=6, freeze="none", lr=1e-4, batch_size=16, device=str(device),
-              random_state=0, img_size=64, pretrained=False, max_epochs=1)
+              random_state=0, img_size=64, pretrained=False, max_epochs=1, verbose=0)
     clf = FineTuneClassifier("resnet18", **kw)
     clf.classes_ = np.unique(y)
     clf.initialize()
@@ -126,7 +126,7 @@ def bench_passes(X, y, device):
         with Passes(vit) as count:
             FineTuneClassifier(vit, freeze="all", layer=8, max_epochs=30, batch_size=16,
                                feature_store=store, device=str(device),
-                               random_state=0).fit(X, y)
+                               random_state=0, verbose=0).fit(X, y)
         print(f"2. freeze='all', linear head, 30 epochs, feature_store={store!r}: "
               f"{count.images / len(X):.2f} encoder passes per image")
     for heads in (["linear", "transformer"], ["transformer", "linear"]):
@@ -136,7 +136,8 @@ def bench_passes(X, y, device):
         with Passes(vit) as count:
             GridSearchCV(FineTuneClassifier(vit, freeze="all", layer=8, max_epochs=5,
                                             batch_size=16, head_width=64, head_heads=2,
-                                            device=str(device), random_state=0),
+                                            device=str(device), random_state=0,
+                                            verbose=0),
                          {"head": heads, "lr": [1e-4, 1e-3, 1e-2]}, cv=5).fit(X, y)
         print(f"3. GridSearchCV 5 folds x 3 lrs x 2 heads (31 fits, {heads[0]} first) on "
               f"a frozen ViT-S: {count.images / len(X):.2f} encoder passes per image "
@@ -176,7 +177,8 @@ def _rss_child(n, size, mode):
         kw = dict(freeze="none", layer=4) if mode == "train" else dict(freeze="all", layer=4)
         start = time.perf_counter()
         clf = FineTuneClassifier("resnet18", pretrained=False, img_size=size, max_epochs=1,
-                                 batch_size=32, random_state=0, device="cpu", **kw)
+                                 batch_size=32, random_state=0, device="cpu", verbose=0,
+                                 **kw)
         clf.fit(paths, y)
         took = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -194,7 +194,8 @@ def check_estimators(device, rows):
                  len(X) / seconds))
     for freeze in ("all", "none"):
         clf = FineTuneClassifier("resnet18", pretrained=False, img_size=SIZE, freeze=freeze,
-                                 max_epochs=1, batch_size=16, random_state=0, device=device)
+                                 max_epochs=1, batch_size=16, random_state=0, device=device,
+                                 verbose=0)
         _fit_row(rows, f"FineTuneClassifier(freeze={freeze!r}), 1 epoch", clf, X, y, device)
 
 
