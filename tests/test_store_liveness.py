@@ -23,14 +23,22 @@ from sklearn_endo._images import check_images, image_hashes
 from sklearn_endo._store import _HOST, FeatureStoreWarning, remove_orphan_temp_files
 
 # a process that takes claims with this very module, loaded from its file (no torch
-# import: it starts in a fraction of a second), reports how many it got, then sleeps
+# import: it starts in a fraction of a second), forks a child that lives on (as a
+# DataLoader worker would) or does without locks if asked, reports how many claims it
+# got, then sleeps
 HOLDER = """
-import importlib.util, sys, time
+import importlib.util, os, sys, time
 spec = importlib.util.spec_from_file_location("claims", sys.argv[1])
 claims = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(claims)
-mine, _ = claims.Claims(sys.argv[2], sys.argv[3]).claim(sys.argv[4:])
-print(len(mine), flush=True)
+if sys.argv[4] == "nolock":  # a filesystem without working locks
+    claims._lock = lambda fd, shared=False: None
+mine, _ = claims.Claims(sys.argv[2], sys.argv[3]).claim(sys.argv[5:])
+child = os.fork() if sys.argv[4] == "fork" else 1
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(len(mine), child, flush=True)
 time.sleep(600)
 """
 
@@ -84,13 +92,18 @@ def _state(pid):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+@pytest.mark.parametrize("fork", ["no", "fork", "nolock"])
 def test_claims_of_a_killed_peer_not_yet_reaped_are_taken_over_at_once(
-        images, tiny_vit, counter, tmp_path, polls):
+        images, tiny_vit, counter, tmp_path, polls, fork, monkeypatch):
     X, ref, t, keys, folder = _setup(tiny_vit, images, tmp_path)
+    if fork == "nolock":  # no lock to test: the pid, its state and start time tell
+        monkeypatch.setattr(_claims, "_lock", lambda fd, shared=False: None, raising=False)
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, _claims.__file__, folder, _HOST,
-                             *keys[:8]], stdout=subprocess.PIPE)
+                             fork, *keys[:8]], stdout=subprocess.PIPE)
+    child = 1
     try:
-        assert proc.stdout.readline().strip() == b"8"
+        got, child = map(int, proc.stdout.readline().split())
+        assert got == 8
         probe = Claims(folder, _HOST)
         assert probe.held_by_live_other(keys[0])  # alive: its claims are respected
         os.kill(proc.pid, signal.SIGKILL)  # and no wait(): a zombie, os.kill(pid, 0) works
@@ -107,6 +120,8 @@ def test_claims_of_a_killed_peer_not_yet_reaped_are_taken_over_at_once(
     finally:
         proc.kill()
         proc.wait()
+        if child > 1:  # the forked child lived on, holding copies of the claim files
+            os.kill(child, signal.SIGKILL)
     assert polls == []  # not one wait for the dead peer's 8 claims
     assert c.images == len(X)
     assert _files(tmp_path, ".claim") == [] and _files(tmp_path, ".tmp") == []
