@@ -33,11 +33,12 @@ When a claim of another process is dead (taken over at once, silently):
 - an empty or unparseable claim that nobody locks (a crash between create and write of
   an older version, a full disk): never waited on, and removed by orphan cleanup.
 
-When it is stale (taken over with a ``FeatureStoreWarning``): not refreshed for
-``claim_stale_s()`` seconds (600 s; a holder alive but without progress, or a claim of
-another host whose lock is held); or, another host's claim whose lock is free or
-unsupported and whose heartbeat is older than ``HEARTBEAT_LOST_S`` (the lock alone is
-not trusted across hosts: NFS mounted with ``nolock``/``local_lock`` keeps locks local).
+When it is stale (taken over with a ``FeatureStoreWarning``): another host's claim
+whose heartbeat is older than ``HEARTBEAT_LOST_S`` (its process or host is gone, or
+hung; locks are not trusted across hosts: NFS mounted ``nolock``/``local_lock`` keeps
+them local, NFSv3 keeps a crashed host's locks until it reboots); or a claim of this
+host whose writer is alive but that was not refreshed for ``claim_stale_s()`` seconds
+(600 s: a hung holder stops its heartbeat after that long without progress).
 A waiting process never waits longer than that without progress, and never deadlocks:
 it holds no claim while it waits.
 
@@ -75,7 +76,7 @@ __all__ = ["Claims", "claims_enabled", "claim_stale_s"]
 
 CLAIM_STALE_S = 600.0  # a claim not refreshed for this long is taken over (any host)
 HEARTBEAT_S = 5.0  # a holder refreshes its claims' mtime this often
-HEARTBEAT_LOST_S = 30.0  # another host's unlocked claim not refreshed this long: gone
+HEARTBEAT_LOST_S = 30.0  # another host's claim not refreshed this long: its writer is gone
 POLL_MIN_S = 0.02
 POLL_MAX_S = 0.5
 # link() refused by the filesystem (FAT, some FUSE and SMB mounts): exclusive create
@@ -265,8 +266,12 @@ class Claims:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return "free", None, None
-        except OSError:
-            return "live", None, None  # unreadable: leave it to its age (next look)
+        except OSError:  # unreadable (another user's): its age alone tells
+            try:
+                age = time.time() - os.stat(path).st_mtime
+            except OSError:
+                return "live", None, None
+            return ("stale" if age > self.stale_s else "live"), "unreadable claim", None
         try:
             content = os.read(fd, 4096)
             age = time.time() - os.fstat(fd).st_mtime
@@ -282,7 +287,9 @@ class Claims:
         parts = content.decode("ascii", "replace").split()
         if len(parts) not in (4, 6) or not parts[1].isdigit():
             # empty or half-written: a writer between create and write holds its lock
-            return ("live" if free is False else "dead"), "unknown writer"
+            if free is not False:
+                return "dead", "unknown writer"
+            return ("stale" if age > self.stale_s else "live"), "unknown writer"
         host, pid = parts[0], int(parts[1])
         owner = f"{host} {pid}"
         start, locked = (parts[4], parts[5] == "flock") if len(parts) == 6 else ("-", False)
@@ -296,9 +303,8 @@ class Claims:
             if not alive or ("-" not in (start, now) and start != now):
                 return "dead", owner  # gone, a zombie, or its pid reused
             return aged, owner
-        # another host: its pid means nothing here; a lock held there is trusted
-        if locked and free is False:
-            return aged, owner
+        # another host: its pid means nothing here, and its lock may not be seen here
+        # (NFS ``nolock``), or may outlive it (NFSv3 keeps a crashed host's locks)
         if len(parts) == 6 and age > self.heartbeat_lost_s:
             return "heartbeat", owner
         return aged, owner
