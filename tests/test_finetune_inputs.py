@@ -48,6 +48,10 @@ def test_structural_parameter_changed_after_fit_raises_until_refit(data, freeze)
         clf.predict_proba(X)
     with pytest.raises(ValueError, match="pooling='max' was set after fit"):
         clf.set_params(warm_start=True).fit(X, y)  # more epochs of the old network
+    clf.set_params(pooling="mean", layer=3)
+    with pytest.raises(ValueError, match="layer=3 was set after fit.*layer=4"):
+        _ = clf.encoder_  # built from the fitted cut, not the new one
+    clf.set_params(layer=4)
     clf.set_params(pooling="mean", warm_start=False)
     np.testing.assert_array_equal(clf.predict_proba(X), before)
     clf.set_params(pooling="max").fit(X, y)  # a refit takes it

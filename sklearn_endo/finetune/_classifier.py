@@ -554,6 +554,7 @@ class FineTuneClassifier(SkorchEstimatorMixin, NetworkBuildMixin, StoredFeatures
     def encoder_(self):
         """The fine-tuned encoder as a plain, frozen timm module (built on first use)."""
         self._check_fitted()
+        self._check_structure()
         cached = getattr(self, "_encoder_cache_", None)
         if cached:  # a list: skorch refuses modules set outside initialize
             return cached[0]
