@@ -63,7 +63,9 @@ class SkorchEstimatorMixin:
     }
 
     def _validate_constraints(self):
-        c = self._parameter_constraints
+        """Check the constrained parameters this estimator has (raises
+        ``InvalidParameterError``, a ``ValueError``)."""
+        c = {k: v for k, v in self._parameter_constraints.items() if hasattr(self, k)}
         validate_parameter_constraints(c, {k: getattr(self, k) for k in c},
                                        caller_name=type(self).__name__)
 
