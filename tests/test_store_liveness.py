@@ -233,3 +233,24 @@ def test_a_holder_heartbeats_its_claims_and_holds_a_lock_until_release(tmp_path,
     holder.release(["aa1", "aa2"])
     assert not os.path.exists(path) and os.listdir(tmp_path / "aa") == []
     assert _claims._OPEN_FDS == set()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_temp_files_and_claims_of_a_zombie_writer_are_orphans(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not reaped yet
+    try:
+        for _ in range(1000):
+            if _state(proc.pid) == "Z":
+                break
+            time.sleep(0.01)
+        assert _state(proc.pid) == "Z"
+        folder = tmp_path / "ns" / "ab"
+        folder.mkdir(parents=True)
+        # killed between writing its claim's temp file and linking it, and an entry's
+        (folder / f".abc.claim.{_HOST}.{proc.pid}.1234abcd.tmp").write_text("x")
+        (folder / f".abc.npy.{_HOST}.{proc.pid}.5678abcd.tmp").write_text("x")
+        (folder / "abc.claim").write_text(f"{_HOST} {proc.pid} {time.time():.3f} t\n")
+        assert remove_orphan_temp_files(str(tmp_path / "ns")) == 3
+        assert list(folder.iterdir()) == []
+    finally:
+        proc.wait()
