@@ -9,7 +9,9 @@ the advantage:
 
 * ``baseline``: ``alpha=1`` (cross-entropy only, decoder unused);
 * ``ubc-avg``: ``alpha=0.5``, class head on averaged encoder features (the paper);
-* ``ubc-mask``: ``alpha=0.5``, mask-guided pooling (average + predicted-mask-weighted).
+* ``ubc-mask``: ``alpha=0.5``, mask-guided pooling (average + predicted-mask-weighted);
+* ``ubc-mask-ds`` (with ``--deep-supervision``): ``ubc-mask`` with auxiliary Dice
+  losses on the decoder's intermediate blocks (``deep_supervision=True``).
 
 For each train size (images per class) and seed, a stratified training set is drawn
 from one pool and every model is scored on one fixed test set: accuracy with a Wilson
@@ -60,10 +62,16 @@ def run(args):
     X_pool, y_pool, m_pool = lesions(args.n_pool, args, seed=1)
     X_test, y_test, m_test = lesions(args.n_test, args, seed=2)
     rows = []
-    bar = tqdm(total=len(args.sizes) * len(MODELS) * args.seeds, desc="fits", unit="fit",
+    n_models = len(args.models or [*MODELS, *(["ds"] if args.deep_supervision else [])])
+    bar = tqdm(total=len(args.sizes) * n_models * args.seeds, desc="fits", unit="fit",
                delay=2)
+    models = dict(MODELS)
+    if args.deep_supervision:
+        models["ubc-mask-ds"] = dict(alpha=0.5, pooling="mask", deep_supervision=True)
+    if args.models:
+        models = {k: v for k, v in models.items() if k in args.models}
     for per_class in args.sizes:
-        for name, cfg in MODELS.items():
+        for name, cfg in models.items():
             correct, accs, dices, start = 0, [], [], time.perf_counter()
             one_class = 0  # seeds whose model predicted one class for every test image
             for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -88,7 +96,7 @@ def run(args):
                              dice=float(np.mean(dices)) if dices else float("nan"),
                              one_class=one_class, secs=time.perf_counter() - start))
             r = rows[-1]
-            tqdm.write(f"{name:<9} {per_class:>4}/class  acc {r['acc']:.3f} "
+            tqdm.write(f"{name:<11} {per_class:>4}/class  acc {r['acc']:.3f} "
                        f"[{r['low']:.3f}, {r['high']:.3f}]  sd {r['sd']:.3f}  "
                        f"dice {r['dice']:.3f}  ({r['secs']:.0f} s)")
     bar.close()
@@ -105,12 +113,12 @@ def print_table(rows, args, chance):
     print(f"\n{args.task} task, {args.image_size}px, {args.distractors} distractors, "
           f"{args.encoder} ({'ImageNet' if args.pretrained else 'from scratch'}), "
           f"{args.epochs} epochs, {args.seeds} seeds, {args.n_test} test images")
-    print(f"{'n/class':>7}  {'model':<9}  {'accuracy':>8}  {'95% CI':<12}  {'sd':>5}  "
+    print(f"{'n/class':>7}  {'model':<11}  {'accuracy':>8}  {'95% CI':<12}  {'sd':>5}  "
           f"{'Dice':>5}  {'one-class':>9}")
     for r in rows:
         dice = "-" if np.isnan(r["dice"]) else f"{r['dice']:.2f}"
         one_class = f"{r['one_class']}/{args.seeds}"
-        print(f"{r['per_class']:>7}  {r['model']:<9}  {r['acc']:>8.3f}  "
+        print(f"{r['per_class']:>7}  {r['model']:<11}  {r['acc']:>8.3f}  "
               f"[{r['low']:.2f}, {r['high']:.2f}]  {r['sd']:>5.3f}  {dice:>5}  "
               f"{one_class:>9}")
     print(f"accuracy: over the pooled test predictions of all seeds, with its Wilson 95%\n"
@@ -130,7 +138,8 @@ def plot(rows, args, chance):
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     same = all_at_chance(rows, chance)
-    for m, marker, style in zip(MODELS, "os^", ("-", "--", ":")):
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    for m, marker, style in zip(names, "os^D", ("-", "--", ":", "-.")):
         rs = [r for r in rows if r["model"] == m]
         x = [r["per_class"] for r in rs]
         # distinct markers and line styles: equal results stay visible as three curves
@@ -174,6 +183,11 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--deep-supervision", action="store_true",
+                    help="also run ubc-mask with deep_supervision=True (ubc-mask-ds)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    choices=[*MODELS, "ubc-mask-ds"],
+                    help="run only these models (ubc-mask-ds needs --deep-supervision)")
     ap.add_argument("--out", default="ubc_small_sample.png")
     args = ap.parse_args()
     if args.quick:

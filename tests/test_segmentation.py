@@ -327,6 +327,12 @@ def test_sklearn_conventions(lesions):
                                          r"with architecture='dpt': .*divisible by 16"):
         Segmenter(**dict(TINY, encoder="tu-test_vit", architecture="dpt", image_size=40,
                          encoder_depth=None, model_kwargs=None)).fit(X[:4], masks[:4])
+    # every decoder's logits come back at the input size (smp's FPN at encoder_depth=3
+    # alone would give 128 x 128 for 32 x 32)
+    for arch in ("fpn", "upernet"):
+        net = Segmenter(**dict(TINY, architecture=arch, model_kwargs=None)).fit(
+            X[:4], masks[:4])
+        assert net.module_.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="y has 3 masks but X has 4 images"):
         Segmenter(**TINY).fit(X[:4], masks[:3])
     with pytest.raises(ValueError, match="n_classes=0"):
@@ -363,3 +369,35 @@ def test_display_overlays_predicted_and_true_masks(fitted, lesions):
     with pytest.raises(ValueError, match="one of each per image"):
         SegmentationDisplay.from_predictions(imgs, [np.eye(8)], [np.eye(8), np.eye(8)])
     plt.close("all")
+
+
+def test_docs_snippets_run_offline(monkeypatch, tmp_path):
+    """docs/segmentation.md's python blocks run as written (shorter fits, for speed)."""
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import sklearn_endo.segmentation
+
+    class Short(Segmenter):
+        def fit(self, X, y, sample_weight=None, **fit_params):
+            self.set_params(max_epochs=1, image_size=32, encoder_depth=3, device="cpu",
+                            verbose=0)
+            return super().fit(X[:24], y[:24], **fit_params)
+
+    monkeypatch.setattr(sklearn_endo.segmentation, "Segmenter", Short)
+    monkeypatch.chdir(tmp_path)
+    page = Path(__file__).resolve().parents[1] / "docs" / "segmentation.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+    namespace = {}
+    for code in blocks:
+        code = code.replace("n_jobs=2", "n_jobs=1").replace("cv=3", "cv=2")
+        exec(compile(code, str(page), "exec"), namespace)
+    plt.close("all")
+    assert len(blocks) == 3 and (tmp_path / "masks.png").exists()
+    assert 0 <= namespace["search"].best_score_ <= 1
+    assert np.isfinite(namespace["search"].cv_results_["mean_test_dice"]).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._blocks import find_blocks
@@ -109,7 +110,13 @@ class SegNet(nn.Module):
     def forward(self, x):
         if self.in_chans == 1 and x.shape[1] == 3:
             x = x.mean(1, keepdim=True)
-        return self.seg((x - self.mean) / self.std)
+        out = self.seg((x - self.mean) / self.std)
+        if out.shape[-2:] != x.shape[-2:]:
+            # smp's FPN with encoder_depth < 5 upsamples by a fixed 4 from the wrong
+            # stride: logits always come back at the input's size
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear",
+                                align_corners=False)
+        return out
 
 
 def check_freeze(freeze):

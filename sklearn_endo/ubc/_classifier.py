@@ -104,6 +104,14 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
     classes : array-like or None, default=None
         All class labels, if ``y`` may not show every class (as in skorch); needed to
         ``initialize()`` a net before ``load_params`` without fitting.
+    deep_supervision : bool or sequence of float, default=False
+        Auxiliary mask losses on the decoder's intermediate blocks (``"unet"`` and
+        ``"manet"``): a 1x1 convolution per block but the last, its logits upsampled
+        to the mask size, each adding a Dice term. The Dice term becomes
+        ``(L + sum_k w_k L_k) / (1 + sum_k w_k)``; True takes ``w = 0.5`` for the block
+        before the last, ``0.25`` for the one before, ... (halving towards the coarsest);
+        a sequence gives the ``encoder_depth - 1`` weights, coarsest first. Training
+        only: prediction uses the main mask head.
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, shuffling and dropout (reproducible on CPU).
     module, criterion : default=UBCNet, UBCLoss
@@ -165,10 +173,11 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
                  pooling="auto", pretrained=True, checkpoint_path=None,
                  freeze_encoder=False, in_chans=3,
                  image_size=256, encoder_depth=5, n_mask_classes=1, dice_smooth=1.0,
-                 dropout=0.0, unlabeled=-1, classes=None, random_state=None,
-                 module=UBCNet, criterion=UBCLoss, optimizer=torch.optim.Adam, lr=1e-3,
-                 max_epochs=40, batch_size=16, train_split=None, callbacks=None,
-                 warm_start=False, verbose=1, device="auto", **kwargs):
+                 dropout=0.0, unlabeled=-1, classes=None, deep_supervision=False,
+                 random_state=None, module=UBCNet, criterion=UBCLoss,
+                 optimizer=torch.optim.Adam, lr=1e-3, max_epochs=40, batch_size=16,
+                 train_split=None, callbacks=None, warm_start=False, verbose=1,
+                 device="auto", **kwargs):
         self.encoder = encoder
         self.architecture = architecture
         self.alpha = alpha
@@ -184,6 +193,7 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
         self.dropout = dropout
         self.unlabeled = unlabeled
         self.classes = classes
+        self.deep_supervision = deep_supervision
         self.random_state = random_state
         super().__init__(module, criterion, optimizer=optimizer, lr=lr,
                          max_epochs=max_epochs, batch_size=batch_size,
@@ -222,6 +232,7 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
             encoder_weights=weights.pop("encoder_weights"), encoder_kwargs=weights,
             in_chans=self.in_chans, n_mask_classes=self.n_mask_classes,
             pooling=self.pooling_, dropout=self.dropout,
+            deep_supervision=bool(self.deep_supervision),
         )
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
@@ -234,7 +245,7 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
 
     def initialize_criterion(self):
         kwargs = dict(alpha=self.alpha, dice_smooth=self.dice_smooth,
-                      n_mask_classes=self.n_mask_classes)
+                      n_mask_classes=self.n_mask_classes, aux_weights=self._aux_weights())
         kwargs.update(self.get_params_for("criterion"))
         self.criterion_ = self.initialized_instance(self.criterion, kwargs)
         return self
@@ -248,12 +259,24 @@ class UBCClassifier(SkorchEstimatorMixin, ClassifierMixin, NeuralNet):
         return self.module_(x, with_masks=with_masks, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        logits, mask_logits = y_pred
+        logits, mask_logits, *aux = y_pred
         t = to_tensor(y_true, device=self.device)
         args = (logits, mask_logits, t["y"], t["mask"], t["has_mask"])
+        kw = {"aux_mask_logits": aux[0]} if aux else {}
         if "weight" in t:  # only then, so that a criterion without sample_weight works
-            return self.criterion_(*args, sample_weight=t["weight"])
-        return self.criterion_(*args)
+            kw["sample_weight"] = t["weight"]
+        return self.criterion_(*args, **kw)
+
+    def _aux_weights(self):
+        """Weights of the deep-supervision Dice terms (() without it)."""
+        if not self.deep_supervision:
+            return ()
+        from ._deep import resolve_weights
+
+        module = getattr(self, "module_", None)
+        n = len(module.aux.heads) if getattr(module, "aux", None) is not None else (
+            self.encoder_depth - 1)
+        return resolve_weights(self.deep_supervision, n)
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y, masks=None, sample_weight=None, **fit_params):

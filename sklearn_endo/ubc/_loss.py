@@ -60,15 +60,20 @@ class UBCLoss(nn.Module):
         alpha: weight of the classification term, in [0, 1].
         dice_smooth: epsilon of the smoothed Dice.
         n_mask_classes: 1 for binary masks, K >= 2 for integer label maps 0..K-1.
+        aux_weights: weights of the auxiliary (deep supervision) mask logits, coarsest
+            first; their Dice losses join the main one as
+            ``(L + sum w_k L_k) / (1 + sum w_k)`` (see :mod:`sklearn_endo.ubc._deep`).
     """
 
-    def __init__(self, alpha=0.5, dice_smooth=1.0, n_mask_classes=1):
+    def __init__(self, alpha=0.5, dice_smooth=1.0, n_mask_classes=1, aux_weights=()):
         super().__init__()
+        self.aux_weights = tuple(float(w) for w in aux_weights or ())
         self.alpha = float(alpha)
         self.dice_smooth = float(dice_smooth)
         self.n_mask_classes = int(n_mask_classes)
 
-    def terms(self, class_logits, mask_logits, y, masks, has_mask, sample_weight=None):
+    def terms(self, class_logits, mask_logits, y, masks, has_mask, sample_weight=None,
+              aux_mask_logits=None):
         """Return ``(ce, dice_loss)``, each a scalar tensor.
 
         Args:
@@ -81,11 +86,21 @@ class UBCLoss(nn.Module):
             return ce, ce.new_zeros(())
         dice = mask_dice(mask_logits, masks, self.n_mask_classes, self.dice_smooth)
         dice_loss = _weighted_mean(1.0 - dice, has_mask.to(dice.dtype), sample_weight)
+        if aux_mask_logits and self.aux_weights:
+            from ._deep import upsampled
+
+            total = dice_loss
+            for w, aux in zip(self.aux_weights, upsampled(aux_mask_logits, masks.shape[-2:])):
+                d = mask_dice(aux, masks, self.n_mask_classes, self.dice_smooth)
+                total = total + w * _weighted_mean(1.0 - d, has_mask.to(d.dtype),
+                                                   sample_weight)
+            dice_loss = total / (1.0 + sum(self.aux_weights))
         return ce, dice_loss
 
-    def forward(self, class_logits, mask_logits, y, masks, has_mask, sample_weight=None):
+    def forward(self, class_logits, mask_logits, y, masks, has_mask, sample_weight=None,
+                aux_mask_logits=None):
         ce, dice_loss = self.terms(class_logits, mask_logits, y, masks, has_mask,
-                                   sample_weight)
+                                   sample_weight, aux_mask_logits)
         if self.alpha == 1.0:
             return ce
         if self.alpha == 0.0:

@@ -173,12 +173,15 @@ class UBCNet(nn.Module):
     ``forward(x)`` takes float images (B, 3, H, W) in [0, 1] (normalised inside with the
     ImageNet statistics; averaged to grey for ``in_chans=1``) and returns
     ``(class_logits, mask_logits)``; ``mask_logits`` is None when ``with_masks=False``
-    and the head does not need them (the decoder is then skipped).
+    and the head does not need them (the decoder is then skipped). With
+    ``deep_supervision`` (see :mod:`sklearn_endo.ubc._deep`) a training forward that
+    decodes returns ``(class_logits, mask_logits, aux_mask_logits)``, the last a list of
+    the logits of the decoder's intermediate blocks, coarsest first.
     """
 
     def __init__(self, encoder="resnet34", n_classes=2, *, architecture="unet",
                  encoder_depth=5, encoder_weights=None, in_chans=3, n_mask_classes=1,
-                 pooling="avg", dropout=0.0, encoder_kwargs=None):
+                 pooling="avg", dropout=0.0, encoder_kwargs=None, deep_supervision=False):
         super().__init__()
         import segmentation_models_pytorch as smp
 
@@ -206,6 +209,11 @@ class UBCNet(nn.Module):
             mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.aux = None
+        if deep_supervision:
+            from ._deep import AuxiliaryHeads, decoder_blocks
+
+            self.aux = AuxiliaryHeads(decoder_blocks(self.seg, architecture), n_mask_classes)
 
     @property
     def decoder_parameters(self):
@@ -220,6 +228,8 @@ class UBCNet(nn.Module):
         # DPT's encoder also returns the prefix (class) tokens
         features, extra = (out if isinstance(out, tuple) else (out, None))
         mask_logits = None
+        if self.aux is not None:
+            self.aux.reset()
         if with_masks or self.pooling == "mask":
             decoded = (self.seg.decoder(features) if extra is None
                        else self.seg.decoder(features, extra))
@@ -227,6 +237,8 @@ class UBCNet(nn.Module):
         head = self.seg.classification_head
         logits = head(features[-1]) if self.pooling == "avg" else head(features[-1],
                                                                        mask_logits)
+        if self.aux is not None and self.training and mask_logits is not None:
+            return logits, mask_logits, self.aux()
         return logits, mask_logits
 
 
