@@ -35,7 +35,7 @@ import tempfile
 import numpy as np
 import timm
 import torch
-from _device import check_device, timed
+from _device import check_device, describe, timed
 
 FP32_RTOL, TF32_RTOL, AMP_RTOL = 1e-4, 1e-2, 5e-2
 N, SIZE = 32, 32
@@ -237,8 +237,7 @@ def main(argv=None):
         from sklearn_endo._device import normalize_device
 
         device = normalize_device(device)
-        cap = torch.cuda.get_device_capability(device)
-        print(f"\n{device}: {torch.cuda.get_device_name(device)}, capability {cap}")
+        print(f"\n{describe(device)}")
     torch.manual_seed(0)
     rows = []
     for check in (check_identity, check_features, check_store, check_probes,
