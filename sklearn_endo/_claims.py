@@ -38,9 +38,11 @@ whose heartbeat is older than ``HEARTBEAT_LOST_S`` (its process or host is gone,
 hung; locks are not trusted across hosts: NFS mounted ``nolock``/``local_lock`` keeps
 them local, NFSv3 keeps a crashed host's locks until it reboots); or a claim of this
 host whose writer is alive but that was not refreshed for ``claim_stale_s()`` seconds
-(600 s: a hung holder stops its heartbeat after that long without progress).
-A waiting process never waits longer than that without progress, and never deadlocks:
-it holds no claim while it waits.
+(600 s: a hung holder stops its heartbeat after that long without progress, so its
+claims go after about twice that). Claims of older versions (four fields, no lock, no
+heartbeat) keep their rules: the pid on this host, 600 s of age elsewhere. A waiting
+process never waits on a dead writer, and never deadlocks: it holds no claim while it
+waits.
 
 - a claim removed without its entry (the claimer failed) is claimed again by a waiter.
 - after claiming, the entry is looked up once more: it may have landed between the
