@@ -16,9 +16,8 @@ import sys
 import joblib
 import numpy as np
 import pytest
-from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 
 from sklearn_endo import LayerFeatureTransformer
@@ -153,35 +152,3 @@ def test_optuna_study_shared_through_journal_storage_by_two_processes(tmp_path):
     for t in trials:
         assert t.value == pytest.approx(example.cv_log_loss(pipe, t.params["layer"], X,
                                                             y, 3), rel=1e-9)
-
-
-@pytest.mark.slow
-def test_scaling_doc_snippets_run():
-    """docs/scaling.md: its Python blocks run in order, offline; the Dask search there
-    gives the single-process results."""
-    import re
-    from pathlib import Path
-
-    pytest.importorskip("distributed")
-    pytest.importorskip("optuna")
-    page = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
-    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
-    namespace, ran = {}, 0
-    for code in blocks:
-        if "needs a database server" in code.splitlines()[0]:
-            continue
-        exec(compile(code, str(page), "exec"), namespace)
-        ran += 1
-    assert ran == 3
-    ns = namespace
-    single = GridSearchCV(ns["pipe"], ns["grid"], cv=ns["cv"], scoring="neg_log_loss",
-                          n_jobs=1).fit(ns["X"], ns["y"])
-    np.testing.assert_allclose(ns["search"].cv_results_["mean_test_score"],
-                               single.cv_results_["mean_test_score"], rtol=0, atol=1e-12)
-    trials = ns["study"].trials
-    assert len(trials) == 4
-    for t in trials:
-        model = clone(ns["pipe"]).set_params(layerfeaturetransformer__layer=t.params["layer"])
-        expected = cross_val_score(model, ns["X"], ns["y"], cv=ns["cv"],
-                                   scoring="neg_log_loss").mean()
-        assert t.value == pytest.approx(expected, rel=1e-9)
