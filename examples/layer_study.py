@@ -68,20 +68,30 @@ def save(fig, args, name):
     fig.savefig(os.path.join(args.out_dir, name), dpi=100, bbox_inches="tight")
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter,
+                 argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every option's default."""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="tf_efficientnet_lite0")
+                                 formatter_class=_Formatter)
+    ap.add_argument("--encoder", default="tf_efficientnet_lite0",
+                    help="timm model name of the frozen encoder")
     ap.add_argument("--random-weights", action="store_true",
                     help="random instead of pretrained weights (a baseline)")
-    ap.add_argument("--img-size", type=int, default=160, help="encoder input size")
-    ap.add_argument("--n-samples", type=int, default=300)
-    ap.add_argument("--n-classes", type=int, default=3, choices=range(2, 6))
+    ap.add_argument("--img-size", type=int, default=160, help="encoder input size in pixels")
+    ap.add_argument("--n-samples", type=int, default=300,
+                    help="synthetic images (make_lesions, 96 px)")
+    ap.add_argument("--n-classes", type=int, default=3, choices=range(2, 6),
+                    help="lesion classes, 2 to 5")
     ap.add_argument("--probe", default="batched-linear",
                     choices=["batched-linear", "linear", "logistic", "knn"],
-                    help="batched-linear is the paper's recipe, all layers at once")
-    ap.add_argument("--out-dir", default="layer_study")
-    ap.add_argument("--random-state", type=int, default=0)
+                    help="batched-linear: every layer and fold in one L-BFGS solve")
+    ap.add_argument("--out-dir", default="layer_study",
+                    help="folder for layer_study.png and the panels' PNGs")
+    ap.add_argument("--random-state", type=int, default=0,
+                    help="seed of the images and the folds")
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
 

@@ -32,13 +32,18 @@ from sklearn_endo.finetune import FineTuneClassifier
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--encoder", default="tf_efficientnet_lite0")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--encoder", default="tf_efficientnet_lite0",
+                        help="timm model name to fine-tune")
     parser.add_argument("--n", type=int, default=240, help="images (2/3 train)")
-    parser.add_argument("--img-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--trials", type=int, default=25)
-    parser.add_argument("--cv", type=int, default=3)
+    parser.add_argument("--img-size", type=int, default=64,
+                        help="image and encoder input size in pixels")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per fit")
+    parser.add_argument("--trials", type=int, default=25, help="Optuna trials")
+    parser.add_argument("--cv", type=int, default=3,
+                        help="stratified folds per trial")
     parser.add_argument("--quick", action="store_true",
                         help="60 images, 3 epochs, 6 trials, 2 folds")
     args = parser.parse_args()

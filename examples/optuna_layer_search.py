@@ -17,6 +17,7 @@ import sys
 import warnings
 
 import optuna
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -26,14 +27,23 @@ from sklearn_endo import LayerFeatureTransformer, WeightsUnavailableError
 from sklearn_endo.datasets import make_lesions
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--encoder", default="tf_efficientnet_lite0")
+def main(argv=None):
+    """Run the study and the search; returns (study, search), search None without
+    optuna-integration."""
+    ap = argparse.ArgumentParser(
+        description="Choose the layer and pooling of a frozen encoder with an Optuna study "
+                    "(and OptunaSearchCV, with optuna-integration installed) on synthetic "
+                    "lesion images; the study costs one encoder pass per image.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--encoder", default="tf_efficientnet_lite0",
+                    help="timm model name of the frozen encoder")
     ap.add_argument("--random-weights", action="store_true",
                     help="random instead of pretrained weights")
-    ap.add_argument("--n-trials", type=int, default=20)
-    ap.add_argument("--n-samples", type=int, default=300)
-    args = ap.parse_args()
+    ap.add_argument("--n-trials", type=int, default=20,
+                    help="trials of the study, and of OptunaSearchCV")
+    ap.add_argument("--n-samples", type=int, default=300,
+                    help="synthetic images (3 classes, 96 px)")
+    args = ap.parse_args(argv)
 
     X, y = make_lesions(args.n_samples, n_classes=3, image_size=96, random_state=0)
     transformer = LayerFeatureTransformer(args.encoder, img_size=160,
@@ -56,12 +66,14 @@ def main():
                          LogisticRegression(C=0.1, max_iter=2000))
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
 
+    poolings = ["mean", "max"]
+
     def objective(trial):
-        pipe.set_params(
+        # a clone per trial: `pipe` keeps its own parameters for OptunaSearchCV below
+        model = clone(pipe).set_params(
             layerfeaturetransformer__layer=trial.suggest_int("layer", 0, n_layers),
-            layerfeaturetransformer__pooling=trial.suggest_categorical("pooling",
-                                                                       ["mean", "max"]))
-        return -cross_val_score(pipe, X, y, cv=cv, scoring="neg_log_loss").mean()
+            layerfeaturetransformer__pooling=trial.suggest_categorical("pooling", poolings))
+        return -cross_val_score(model, X, y, cv=cv, scoring="neg_log_loss").mean()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize",
@@ -75,17 +87,23 @@ def main():
         from optuna_integration import OptunaSearchCV
     except ImportError:
         print("(pip install optuna-integration for OptunaSearchCV)")
-        return
-    search = OptunaSearchCV(
-        pipe, {"layerfeaturetransformer__layer":
-               optuna.distributions.IntDistribution(0, n_layers)},
-        cv=cv, n_trials=args.n_trials, scoring="neg_log_loss", random_state=0)
+        return study, None
+    # the study's space: layer and pooling, on a clone of the untouched pipeline
+    space = {"layerfeaturetransformer__layer":
+             optuna.distributions.IntDistribution(0, n_layers),
+             "layerfeaturetransformer__pooling":
+             optuna.distributions.CategoricalDistribution(poolings)}
     with warnings.catch_warnings():
-        # OptunaSearchCV reports every trial's fold scores through
+        # OptunaSearchCV warns that it is experimental when made; nothing to act on here
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                                message="OptunaSearchCV is experimental")
+        # it reports every trial's fold scores through
         # optuna.terminator.report_cross_validation_scores, deprecated since optuna 4.9:
         # one FutureWarning per trial that the user can do nothing about.
         warnings.filterwarnings("ignore", category=FutureWarning,
                                 message=r"`optuna\.terminator` module has been deprecated")
+        search = OptunaSearchCV(clone(pipe), space, cv=cv, n_trials=args.n_trials,
+                                scoring="neg_log_loss", random_state=0)
         search.fit(X, y)
     print(f"OptunaSearchCV: best {search.best_params_}, CV log-loss "
           f"{-search.best_score_:.3f}; encoder passes per image so far: "
@@ -95,6 +113,7 @@ def main():
     from sklearn_endo.model_selection import compare_cv_results
 
     print(compare_cv_results(search, X=X, y=y).summary())
+    return study, search
 
 
 if __name__ == "__main__":

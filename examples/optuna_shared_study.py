@@ -62,19 +62,26 @@ def cv_log_loss(pipe, layer, X, y, cv, random_state=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("data_dir", help="folder of class folders (load_image_folder)")
     ap.add_argument("--storage", required=True,
                     help="database URL, or a journal file path (one machine)")
-    ap.add_argument("--study", default="layers", help="study name (default: layers)")
+    ap.add_argument("--study", default="layers", help="study name")
     ap.add_argument("--store", required=True,
                     help="feature store directory, shared by all workers")
-    ap.add_argument("--encoder", default="tf_efficientnet_lite0")
-    ap.add_argument("--random-weights", action="store_true")
-    ap.add_argument("--img-size", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--cv", type=int, default=5)
-    ap.add_argument("--n-trials", type=int, default=10)
+    ap.add_argument("--encoder", default="tf_efficientnet_lite0",
+                    help="timm model name of the frozen encoder")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="random instead of pretrained weights")
+    ap.add_argument("--img-size", type=int, default=None,
+                    help="encoder input size in pixels (None: the encoder's own)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
+    ap.add_argument("--cv", type=int, default=5, help="stratified folds per trial")
+    ap.add_argument("--n-trials", type=int, default=10,
+                    help="trials this worker runs")
     ap.add_argument("--seed", type=int, default=None,
                     help="sampler seed; give each worker its own")
     args = ap.parse_args(argv)

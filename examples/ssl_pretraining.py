@@ -69,16 +69,24 @@ def fmt(ci):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", default="ssl_pretraining")
-    ap.add_argument("--n-unlabelled", type=int, default=1024)
-    ap.add_argument("--n-probe-train", type=int, default=600)
-    ap.add_argument("--n-test", type=int, default=1000)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out-dir", default="ssl_pretraining",
+                    help="folder for the encoders, the table and the plot")
+    ap.add_argument("--n-unlabelled", type=int, default=1024,
+                    help="unlabelled images for pretraining")
+    ap.add_argument("--n-probe-train", type=int, default=600,
+                    help="labelled images that train the linear probes")
+    ap.add_argument("--n-test", type=int, default=1000,
+                    help="labelled images that test them")
     ap.add_argument("--test-seed", type=int, default=2,
                     help="make_lesions seed of the labelled set (5: the development set)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--methods", default="barlowtwins,mocov3,mae,dino")
+    ap.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="pretraining batch size")
+    ap.add_argument("--methods", default="barlowtwins,mocov3,mae,dino",
+                    help="comma-separated pretraining methods")
     ap.add_argument("--lite0", action="store_true",
                     help="also continue pretraining the ImageNet tf_efficientnet_lite0")
     args = ap.parse_args()

@@ -76,13 +76,19 @@ def vit_spec(name, img_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default="transfer_protocols")
-    parser.add_argument("--encoder", default="tf_efficientnet_lite0")
-    parser.add_argument("--vit", default="vit_tiny_patch16_224")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out-dir", default="transfer_protocols",
+                        help="folder for the table and the plot")
+    parser.add_argument("--encoder", default="tf_efficientnet_lite0",
+                        help="timm model name of the CNN encoder")
+    parser.add_argument("--vit", default="vit_tiny_patch16_224",
+                        help="timm model name of the ViT (head of the protocols that use one)")
     parser.add_argument("--n", type=int, default=240, help="images (2/3 train)")
-    parser.add_argument("--img-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--img-size", type=int, default=64,
+                        help="image and encoder input size in pixels")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs per fit")
     parser.add_argument("--quick", action="store_true",
                         help="fewer images, epochs and curve points; no global BiT run")
     args = parser.parse_args()

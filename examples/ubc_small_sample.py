@@ -164,31 +164,39 @@ def plot(rows, args, chance):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="UBC small-sample experiment")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="check that the script runs: --sizes 2 5 --seeds 2 --epochs 5 "
                          "--n-test 64 (every model stays at chance)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 5, 10, 20, 50])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 5, 10, 20, 50],
+                    help="training images per class, one point of the curve each")
+    ap.add_argument("--seeds", type=int, default=5,
+                    help="training sets drawn per size")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="run seeds first_seed .. first_seed + seeds - 1")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--n-test", type=int, default=400)
-    ap.add_argument("--n-pool", type=int, default=400)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--task", default="presence", choices=["presence", "appearance"])
-    ap.add_argument("--distractors", type=int, default=3)
-    ap.add_argument("--encoder", default="resnet18")
-    ap.add_argument("--pretrained", action="store_true")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--epochs", type=int, default=40, help="epochs per fit")
+    ap.add_argument("--n-test", type=int, default=400, help="test images (one fixed set)")
+    ap.add_argument("--n-pool", type=int, default=400,
+                    help="images the training sets are drawn from")
+    ap.add_argument("--image-size", type=int, default=64, help="image size in pixels")
+    ap.add_argument("--task", default="presence", choices=["presence", "appearance"],
+                    help="make_lesions task: what decides the class")
+    ap.add_argument("--distractors", type=int, default=3,
+                    help="look-alike distractors per image")
+    ap.add_argument("--encoder", default="resnet18", help="U-Net encoder name")
+    ap.add_argument("--pretrained", action="store_true",
+                    help="ImageNet weights for the encoder (network or cache)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    ap.add_argument("--batch-size", type=int, default=8, help="batch size")
+    ap.add_argument("--device", default="auto",
+                    help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     ap.add_argument("--deep-supervision", action="store_true",
                     help="also run ubc-mask with deep_supervision=True (ubc-mask-ds)")
     ap.add_argument("--models", nargs="+", default=None,
                     choices=[*MODELS, "ubc-mask-ds"],
                     help="run only these models (ubc-mask-ds needs --deep-supervision)")
-    ap.add_argument("--out", default="ubc_small_sample.png")
+    ap.add_argument("--out", default="ubc_small_sample.png", help="plot file")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.seeds, args.epochs, args.n_test = [2, 5], 2, 5, 64

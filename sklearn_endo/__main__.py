@@ -150,7 +150,10 @@ def _ticking_accuracy(bar):
     from sklearn.metrics import accuracy_score, make_scorer
 
     def accuracy(y_true, y_pred):
-        bar.update()
+        if bar.total is not None and bar.n + 1 >= bar.total:
+            bar.n += 1  # the last tick: closing the bar draws it once, not twice in a log
+        else:
+            bar.update()
         return accuracy_score(y_true, y_pred)
 
     return make_scorer(accuracy)

@@ -479,3 +479,28 @@ def test_warm_sweep_checks_no_weights_and_a_library_search_few(tmp_path, capsys,
     n_fits = len(search.cv_results_["params"]) * 2
     # fit (the lookup of the encoder), predict_proba and predict: 3 per fit at most
     assert 0 < len(calls) <= 3 * n_fits
+
+
+def test_sweep_progress_ends_with_one_final_line_in_a_log(tmp_path, monkeypatch):
+    """In a captured log (carriage returns as line ends) the 100% line appears once (#16)."""
+    import io
+
+    import tqdm.auto
+
+    log = io.StringIO()
+    real = tqdm.auto.tqdm
+
+    def shown_at_once(*args, **kwargs):  # draw every step at once, into the log
+        if kwargs.get("desc") == "GridSearchCV fits":
+            kwargs.update(delay=0, mininterval=0, miniters=1, file=log)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", shown_at_once)
+    data = _write_tree(tmp_path / "data", (2, 2))
+    argv = ["sweep", str(data), *[a for a in SWEEP if a != "--quiet"], "--cv", "2",
+            "--layers", "1,8", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    lines = [ln for ln in log.getvalue().replace("\r", "\n").splitlines() if ln.strip()]
+    assert [ln.split("|")[0] for ln in lines if "fits" in ln] == [
+        "GridSearchCV fits:   0%", "GridSearchCV fits:  25%", "GridSearchCV fits:  50%",
+        "GridSearchCV fits:  75%", "GridSearchCV fits: 100%"]
