@@ -109,7 +109,7 @@ def test_page_runs_as_a_script(page, n_blocks, tmp_path):
     for i, code in enumerate(complete):
         out += run_script(code, tmp_path, name=f"complete_{i}.py")
     if page == "README.md":  # the quick start's printed best layer, as shown there
-        assert "{'layerfeaturetransformer__layer': 13}" in out
+        assert "{'layerfeaturetransformer__layer': 12}" in out
     if page == "docs/evaluation.md":  # the quick start converges: its best layer is shown
         assert out.splitlines()[0] == "13"
     if page == "docs/scaling.md":
