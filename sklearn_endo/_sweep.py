@@ -137,6 +137,9 @@ class LayerSweepResult:
         Time spent in the encoder (0 for precomputed features).
     probe_seconds_ : float
         Time spent fitting and scoring probes over all layers and folds.
+    encoder_ : str or None
+        The swept encoder's name (a timm name, or a module's class name) as plots label
+        it; None from precomputed features.
     n_splits_ : int
     probe_name : str
     """
@@ -147,6 +150,7 @@ class LayerSweepResult:
         self.variants = list(variants)
         self.scores = scores
         self.probe_name = probe_name
+        self.encoder_ = None  # set by layer_sweep
         self.extraction_seconds_ = float(extraction_seconds)
         self.probe_seconds_ = float(probe_seconds)
         self.n_splits_ = next(iter(scores.values())).shape[-1]
@@ -461,7 +465,8 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         (:class:`~sklearn_endo.probes.MultiLayerLinearProbe`, same results as
         ``"linear"``, one :class:`~sklearn_endo.probes.LinearProbeClassifier` per
         layer); by default each is ``LogisticRegression(C=1)`` on standardized
-        features, solved to its optimum by L-BFGS; ``"knn"`` is :class:`~sklearn_endo.probes.KNNProbeClassifier`, with
+        features, solved to its optimum by L-BFGS; ``"knn"`` is
+        :class:`~sklearn_endo.probes.KNNProbeClassifier`, with
         ``probe_params={"n_neighbors": [10, 20, 50]}`` evaluating several k from one
         neighbour search; ``"logistic"`` is sklearn's LogisticRegression; any sklearn
         classifier is cloned per layer and fold.
@@ -540,4 +545,7 @@ def layer_sweep(X, y, encoder, *, layers=None, probe="batched-linear", probe_par
         verbose=verbose)
     result.extraction_seconds_ = extraction_seconds
     result.layer_names = getattr(transformer, "layer_names_", None)
+    name = getattr(transformer, "encoder", None)  # a timm name, else the module's class
+    result.encoder_ = name if isinstance(name, str) else getattr(
+        getattr(transformer, "_handle", None), "name", None)
     return result

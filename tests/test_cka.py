@@ -221,6 +221,29 @@ def test_display_two_encoders_on_given_axes(pyplot, rng):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
 
 
+def test_display_labels_and_title_say_which_encoder(pyplot, rng):
+    """One encoder against itself: one name (or none) on both axes, never "encoder A";
+    two: A on the rows, B on the columns; a default title the user can replace (#16)."""
+    same = [rng.normal(size=(30, 4)) for _ in range(3)]
+    disp = CKADisplay.from_features(same)
+    assert (disp.ax_.get_xlabel(), disp.ax_.get_ylabel()) == ("Layer", "Layer")
+    assert disp.ax_.get_title() == "linear CKA between layers"
+    disp = CKADisplay.from_features(same, name_a="resnet18", kind="rbf")
+    assert disp.ax_.get_title() == "rbf CKA between the layers of resnet18"
+    other = [rng.normal(size=(30, 4)) for _ in range(3)]
+    disp = CKADisplay.from_features(same, other)  # two encoders, same depth, no names
+    assert (disp.ax_.get_xlabel(), disp.ax_.get_ylabel()) == (
+        "Layer (encoder B)", "Layer (encoder A)")
+    assert disp.ax_.get_title() == "linear CKA: encoder A (rows) vs encoder B"
+    disp = CKADisplay.from_features(same, other, name_a="frozen", name_b="tuned",
+                                    title="before and after")
+    assert disp.ax_.get_title() == "before and after"
+    disp = CKADisplay(np.eye(2)[:, :1]).plot(title="")  # rectangular, built by hand
+    assert (disp.ax_.get_xlabel(), disp.ax_.get_ylabel()) == (
+        "Layer (encoder B)", "Layer (encoder A)")
+    assert disp.ax_.get_title() == ""
+
+
 def test_display_bad_input(pyplot):
     with pytest.raises(ValueError, match="layers_a has 3 labels"):
         CKADisplay(np.eye(2), layers_a=["a", "b", "c"]).plot()

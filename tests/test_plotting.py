@@ -173,3 +173,56 @@ def test_layer_curve_from_sweep_marks_the_best_of_the_plotted_metric():
     assert res.plot("f1_macro").best_line_.get_xdata()[0] == 0  # NaN skipped
     assert res.plot("accuracy", best=res.best_layer_).best_line_.get_xdata()[0] == 0
     assert res.plot("accuracy", best=None).best_line_ is None
+
+
+# ---------------------------------------------------------------- titles, ticks, labels (#16)
+def test_layer_curve_title_integer_ticks_and_encoder_label():
+    disp = LayerCurveDisplay([0, 1], [0.6, 0.7], metric_name="accuracy").plot()
+    ticks = disp.ax_.get_xticks()
+    assert np.array_equal(ticks, np.round(ticks))  # no 0.5 between two layers
+    assert disp.ax_.get_title() == "Accuracy per layer"
+    assert disp.ax_.get_xlabel() == "Layer"
+    named = LayerCurveDisplay(np.arange(17), np.linspace(0.4, 0.8, 17), metric_name="log_loss",
+                              encoder_name="resnet18").plot(title="my curve")
+    assert named.ax_.get_title() == "my curve"
+    assert named.ax_.get_xlabel() == "Layer (resnet18)"
+    ticks = named.ax_.get_xticks()
+    assert np.array_equal(ticks, np.round(ticks))
+    untitled = LayerCurveDisplay([2, 5], [0.5, 0.6], encoder_name="vit").plot(title="")
+    assert untitled.ax_.get_title() == ""
+    shown = LayerCurveDisplay([2, 5], [0.5, 0.6], encoder_name="vit").plot()
+    assert shown.ax_.get_title() == "Score per layer of vit"
+
+
+def test_layer_curve_from_a_search_and_a_sweep_names_the_encoder():
+    class Search:  # a fitted search, as from_cv_results reads it (nothing fitted here)
+        estimator = make_pipeline(LayerFeatureTransformer("resnet18"), LogisticRegression())
+        scoring = "neg_log_loss"
+        cv_results_ = {"params": [{"layerfeaturetransformer__layer": i} for i in (0, 1)],
+                       "param_layerfeaturetransformer__layer": [0, 1],
+                       "mean_test_score": [-0.9, -0.7], "std_test_score": [0.1, 0.1]}
+
+    disp = LayerCurveDisplay.from_cv_results(Search())
+    assert disp.ax_.get_xlabel() == "Layer (resnet18)"
+    assert disp.ax_.get_title() == "Log-loss per layer of resnet18"
+    # a module, not a name: no label invented
+    Search.estimator = make_pipeline(LayerFeatureTransformer(LogisticRegression()),
+                                     LogisticRegression())
+    assert LayerCurveDisplay.from_cv_results(Search()).ax_.get_xlabel() == "Layer"
+
+    F, y = _blobs()
+    result = layer_sweep_from_features({0: F, 1: F[:, ::-1]}, y, probe="logistic", cv=3)
+    assert result.encoder_ is None
+    result.encoder_ = "tf_efficientnet_lite0"  # what layer_sweep sets
+    disp = result.plot("accuracy")
+    assert disp.ax_.get_xlabel() == "Layer (tf_efficientnet_lite0)"
+    assert disp.ax_.get_title() == "Accuracy per layer of tf_efficientnet_lite0"
+
+
+def test_embedding_title_by_default_and_on_request():
+    F, y = _blobs()
+    disp = EmbeddingDisplay.from_features(F, y, method="pca")
+    assert disp.ax_.get_title() == "PCA of the features"
+    disp = EmbeddingDisplay.from_features(F, y, method="pca", name="resnet18, layer 3")
+    assert disp.ax_.get_title() == "PCA of resnet18, layer 3"
+    assert EmbeddingDisplay.from_features(F, y, method="pca", title="").ax_.get_title() == ""

@@ -37,11 +37,14 @@ class CKADisplay:
         Tick labels of the columns. Defaults to ``layers_a`` for a square matrix,
         else ``0 .. n_layers_b - 1``.
 
-    name_a : str, default="encoder A"
-        Name of the first encoder, used in the y-axis label.
+    name_a : str, default=None
+        Name of the first encoder, used in the y-axis label ("Layer (name_a)") and the
+        title. ``None``: "Layer" for a square matrix (one encoder against itself, or
+        two whose names are not given), "Layer (encoder A)" for a rectangular one.
 
     name_b : str, default=None
-        Name of the second encoder, used in the x-axis label. Defaults to ``name_a``.
+        Name of the second encoder, used in the x-axis label. ``None``: the same as
+        ``name_a`` for a square matrix ("encoder B" for a rectangular one).
 
     kind : str, default=None
         Kind of CKA, shown in the colorbar label (e.g. ``"linear"``).
@@ -78,7 +81,7 @@ class CKADisplay:
     """
 
     def __init__(
-        self, matrix, layers_a=None, layers_b=None, *, name_a="encoder A", name_b=None,
+        self, matrix, layers_a=None, layers_b=None, *, name_a=None, name_b=None,
         kind=None,
     ):
         self.matrix = matrix
@@ -116,6 +119,7 @@ class CKADisplay:
     def plot(
         self, *, ax=None, cmap="magma", annotate=None, values_format=".2f",
         colorbar=True, xticks_rotation="horizontal", im_kw=None, text_kw=None,
+        title=None,
     ):
         """Plot the heat map.
 
@@ -145,6 +149,11 @@ class CKADisplay:
 
         text_kw : dict, default=None
             Keyword arguments passed to ``ax.text`` for the annotations.
+
+        title : str, default=None
+            Title of the axes. ``None``: "linear CKA between the layers of resnet18"
+            for one encoder, "linear CKA: frozen (rows) vs fine-tuned" for two; ``""``
+            for none.
 
         Returns
         -------
@@ -180,7 +189,12 @@ class CKADisplay:
                         j, i, format(matrix[i, j], values_format), **kwargs
                     )
 
-        name_b = self.name_a if self.name_b is None else self.name_b
+        name_a, name_b = self.name_a, self.name_b
+        if n_rows != n_cols:  # two encoders: never one label for both axes
+            name_a = "encoder A" if name_a is None else name_a
+            name_b = "encoder B" if name_b is None else name_b
+        elif name_b is None:
+            name_b = name_a
         if colorbar:
             label = "CKA" if self.kind is None or callable(self.kind) else f"{self.kind} CKA"
             fig.colorbar(self.im_, ax=ax, label=label)
@@ -189,9 +203,18 @@ class CKADisplay:
             yticks=np.arange(n_rows),
             xticklabels=[str(v) for v in layers_b],
             yticklabels=[str(v) for v in layers_a],
-            xlabel=f"Layer ({name_b})",
-            ylabel=f"Layer ({self.name_a})",
+            xlabel=_layer_label(name_b),
+            ylabel=_layer_label(name_a),
         )
+        if title is None:
+            what = "CKA" if self.kind is None or callable(self.kind) else f"{self.kind} CKA"
+            if name_a is not None and name_a == name_b:
+                title = f"{what} between the layers of {name_a}"
+            elif name_a is None and name_b is None:
+                title = f"{what} between layers"
+            else:
+                title = f"{what}: {name_a or 'encoder A'} (rows) vs {name_b or 'encoder B'}"
+        ax.set_title(title)
         plt.setp(ax.get_xticklabels(), rotation=xticks_rotation)
         self.ax_ = ax
         self.figure_ = fig
@@ -199,9 +222,10 @@ class CKADisplay:
 
     @classmethod
     def from_features(
-        cls, features_a, features_b=None, *, kind="linear", name_a="encoder A",
+        cls, features_a, features_b=None, *, kind="linear", name_a=None,
         name_b=None, ax=None, cmap="magma", annotate=None, values_format=".2f",
         colorbar=True, xticks_rotation="horizontal", im_kw=None, text_kw=None,
+        title=None,
     ):
         """Compute the layer-by-layer CKA matrix and plot it.
 
@@ -218,10 +242,12 @@ class CKADisplay:
         kind : {"linear", "rbf", "minibatch"} or callable, default="linear"
             Passed to :func:`sklearn_endo.metrics.cka_matrix`.
 
-        name_a, name_b : str
-            Encoder names for the axis labels (``name_b`` defaults to ``name_a``).
+        name_a, name_b : str, default=None
+            Encoder names for the axis labels and the title. Without ``features_b``
+            both axes show the one encoder: "Layer", or "Layer (name_a)". With it,
+            unnamed encoders are "encoder A" (rows) and "encoder B" (columns).
 
-        ax, cmap, annotate, values_format, colorbar, xticks_rotation, im_kw, text_kw
+        ax, cmap, annotate, values_format, colorbar, xticks_rotation, im_kw, text_kw, title
             Passed to :meth:`plot`.
 
         Returns
@@ -233,9 +259,18 @@ class CKADisplay:
         layers_a = _as_layer_dict(features_a, "features_a")[0]
         layers_b = layers_a if features_b is None else _as_layer_dict(
             features_b, "features_b")[0]
+        if features_b is None:
+            name_b = name_a  # one encoder against itself
+        else:
+            name_a = "encoder A" if name_a is None else name_a
+            name_b = "encoder B" if name_b is None else name_b
         display = cls(matrix, layers_a, layers_b, name_a=name_a, name_b=name_b, kind=kind)
         return display.plot(
             ax=ax, cmap=cmap, annotate=annotate, values_format=values_format,
             colorbar=colorbar, xticks_rotation=xticks_rotation, im_kw=im_kw,
-            text_kw=text_kw,
+            text_kw=text_kw, title=title,
         )
+
+
+def _layer_label(name):
+    return "Layer" if name is None else f"Layer ({name})"

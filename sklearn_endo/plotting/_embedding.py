@@ -49,6 +49,8 @@ class EmbeddingDisplay:
         Name of the embedding, used in the axis labels ("t-SNE 1", ...).
     display_labels : list or None
         Class names in the legend; default the unique values of ``y``.
+    name : str or None
+        What was embedded, for the default title, e.g. ``"resnet18, layer 7"``.
 
     Attributes
     ----------
@@ -65,11 +67,12 @@ class EmbeddingDisplay:
 
     _AXIS = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PC"}
 
-    def __init__(self, embedding, y, *, method="", display_labels=None):
+    def __init__(self, embedding, y, *, method="", display_labels=None, name=None):
         self.embedding = np.asarray(embedding)
         self.y = np.asarray(y)
         self.method = method
         self.display_labels = display_labels
+        self.name = name
         if self.embedding.ndim != 2 or self.embedding.shape[1] != 2:
             raise ValueError(
                 f"embedding must have shape (n_samples, 2); got {self.embedding.shape}.")
@@ -77,8 +80,12 @@ class EmbeddingDisplay:
             raise ValueError(f"y must have one label per embedded point "
                              f"({self.embedding.shape[0]}); got shape {self.y.shape}.")
 
-    def plot(self, ax=None, *, scatter_kw=None, legend=True):
-        """Draw the scatter plot; returns self."""
+    def plot(self, ax=None, *, scatter_kw=None, legend=True, title=None):
+        """Draw the scatter plot; returns self.
+
+        ``title``: None gives "t-SNE of the features" ("t-SNE of resnet18, layer 7"
+        with ``name``), a string replaces it, ``""`` draws none.
+        """
         _check_matplotlib_support(f"{type(self).__name__}.plot")
         ax, fig = _get_ax(ax)
         classes = np.unique(self.y)
@@ -93,6 +100,11 @@ class EmbeddingDisplay:
         axis = self._AXIS.get(self.method, self.method or "Component")
         ax.set_xlabel(f"{axis} 1")
         ax.set_ylabel(f"{axis} 2")
+        if title is None:
+            what = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get(
+                self.method, self.method or "2-D embedding")
+            title = f"{what} of {self.name if self.name is not None else 'the features'}"
+        ax.set_title(title)
         if legend:
             ax.legend(title="Class", loc="best", fontsize="small")
         self.ax_, self.figure_ = ax, fig
@@ -100,7 +112,8 @@ class EmbeddingDisplay:
 
     @classmethod
     def from_features(cls, features, y, *, method="tsne", random_state=None,
-                      display_labels=None, ax=None, method_params=None, **plot_kw):
+                      display_labels=None, name=None, ax=None, method_params=None,
+                      **plot_kw):
         """Embed ``features`` (n_samples, n_features) in 2-D and draw it coloured by ``y``.
 
         Parameters
@@ -112,6 +125,8 @@ class EmbeddingDisplay:
             t-SNE and PCA come from scikit-learn; UMAP needs ``umap-learn``.
         random_state : int, RandomState or None
         display_labels : list or None
+        name : str or None
+            What was embedded, for the title (``"resnet18, layer 7"``).
         ax : matplotlib Axes or None
         method_params : dict or None
             Passed to ``TSNE`` / ``umap.UMAP`` / ``PCA`` (e.g. ``{"perplexity": 20}``).
@@ -126,4 +141,5 @@ class EmbeddingDisplay:
             raise ValueError(f"y must have one label per row of features ({features.shape[0]}); "
                              f"got shape {y.shape}.")
         emb = _embed(features, method, random_state, **(method_params or {}))
-        return cls(emb, y, method=method, display_labels=display_labels).plot(ax=ax, **plot_kw)
+        return cls(emb, y, method=method, display_labels=display_labels,
+                   name=name).plot(ax=ax, **plot_kw)

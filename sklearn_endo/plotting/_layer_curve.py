@@ -75,6 +75,9 @@ class LayerCurveDisplay:
         sweep, or ``tied_candidates`` of a
         :class:`~sklearn_endo.model_selection.CVComparison`): shaded behind the curve,
         their points drawn filled.
+    encoder_name : str or None
+        The encoder whose layers these are, named in the x-axis label ("Layer
+        (resnet18)") and the default title; "Layer" when None.
 
     Attributes
     ----------
@@ -95,7 +98,7 @@ class LayerCurveDisplay:
     """
 
     def __init__(self, layers, scores_mean, scores_std=None, metric_name="score",
-                 best_layer=None, label=None, tied_layers=None):
+                 best_layer=None, label=None, tied_layers=None, encoder_name=None):
         self.layers = np.asarray(layers)
         self.scores_mean = np.asarray(scores_mean, dtype=float)
         self.scores_std = None if scores_std is None else np.asarray(scores_std, dtype=float)
@@ -103,6 +106,7 @@ class LayerCurveDisplay:
         self.best_layer = best_layer
         self.label = label
         self.tied_layers = None if tied_layers is None else [int(t) for t in tied_layers]
+        self.encoder_name = encoder_name
         if self.layers.shape != self.scores_mean.shape or self.layers.ndim != 1:
             raise ValueError(
                 f"layers (shape {self.layers.shape}) and scores_mean (shape "
@@ -112,8 +116,15 @@ class LayerCurveDisplay:
             raise ValueError(f"scores_std has shape {self.scores_std.shape}; expected "
                              f"{self.scores_mean.shape} like scores_mean.")
 
-    def plot(self, ax=None, *, show_best=True, line_kw=None, band_kw=None):
-        """Draw the curve on ``ax`` (a new figure when None); returns self."""
+    def plot(self, ax=None, *, show_best=True, line_kw=None, band_kw=None, title=None):
+        """Draw the curve on ``ax`` (a new figure when None); returns self.
+
+        ``title``: None gives "Accuracy per layer" ("... of resnet18" with
+        ``encoder_name``), a string replaces it, ``""`` draws none. Layer ticks are
+        integers.
+        """
+        from matplotlib.ticker import MaxNLocator
+
         _check_matplotlib_support(f"{type(self).__name__}.plot")
         ax, fig = _get_ax(ax)
         order = np.argsort(self.layers, kind="stable")
@@ -130,8 +141,14 @@ class LayerCurveDisplay:
         if show_best and self.best_layer is not None:
             self.best_line_ = ax.axvline(self.best_layer, linestyle="--", color="0.4",
                                          label=f"best layer ({self.best_layer})")
-        ax.set_xlabel("Layer")
+        named = self.encoder_name is not None
+        ax.set_xlabel(f"Layer ({self.encoder_name})" if named else "Layer")
         ax.set_ylabel(_pretty_metric(self.metric_name))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if title is None:
+            title = f"{_pretty_metric(self.metric_name)} per layer" + (
+                f" of {self.encoder_name}" if named else "")
+        ax.set_title(title)
         if self.label is not None or self.best_line_ is not None or self.tied_spans_:
             ax.legend(loc="best")
         self.ax_, self.figure_ = ax, fig
@@ -156,7 +173,7 @@ class LayerCurveDisplay:
 
     @classmethod
     def from_sweep(cls, result, metric="accuracy", *, variant=0, best="auto",
-                   show_tied=True, ax=None, **plot_kw):
+                   show_tied=True, encoder_name=None, ax=None, **plot_kw):
         """Draw the curve of ``metric`` from a :class:`~sklearn_endo.LayerSweepResult`.
 
         Parameters
@@ -175,11 +192,16 @@ class LayerCurveDisplay:
             Shade the layers not significantly worse than the best layer of the plotted
             metric (``result.compare(metric).tied_candidates``: corrected t-test,
             Holm, alpha 0.05).
+        encoder_name : str or None
+            For the axis label and title; None takes the sweep's (``result.encoder_``,
+            when it swept a named encoder).
         ax : matplotlib Axes or None
         **plot_kw
-            Passed to :meth:`plot`.
+            Passed to :meth:`plot` (``title=``, ...).
         """
         _check_matplotlib_support(f"{cls.__name__}.from_sweep")
+        if encoder_name is None:
+            encoder_name = getattr(result, "encoder_", None)
         if not hasattr(result, "scores") or not hasattr(result, "layers"):
             raise TypeError(f"result must be a LayerSweepResult; got {type(result).__name__}.")
         label = None
@@ -192,13 +214,14 @@ class LayerCurveDisplay:
         if show_tied and getattr(result, "n_train_", None) is not None:
             tied = result.compare(metric, variant).tied_candidates
         disp = cls(result.layers, mean, result.std(metric, variant), metric,
-                   best_layer=best, label=label, tied_layers=tied)
+                   best_layer=best, label=label, tied_layers=tied,
+                   encoder_name=encoder_name)
         return disp.plot(ax=ax, **plot_kw)
 
     @classmethod
     def from_cv_results(cls, cv_results, *, param=None, metric="mean_test_score",
                         scoring=None, n_layers=None, best="auto", tied_layers=None,
-                        ax=None, **plot_kw):
+                        encoder_name=None, ax=None, **plot_kw):
         """Draw the curve from a fitted ``GridSearchCV.cv_results_`` over the layer.
 
         Parameters
@@ -228,11 +251,15 @@ class LayerCurveDisplay:
             Layers to shade as not significantly worse than the best, e.g.
             ``compare_cv_results(search, X=X, y=y).tied_candidates``
             (:func:`sklearn_endo.model_selection.compare_cv_results`).
+        encoder_name : str or None
+            For the axis label and title; None takes the search's encoder when it is
+            named by a string (the ``<step>__encoder`` parameter next to ``param``).
         ax : matplotlib Axes or None
         **plot_kw
-            Passed to :meth:`plot`.
+            Passed to :meth:`plot` (``title=``, ...).
         """
         _check_matplotlib_support(f"{cls.__name__}.from_cv_results")
+        search = cv_results if hasattr(cv_results, "cv_results_") else None
         if hasattr(cv_results, "cv_results_"):
             if scoring is None and isinstance(getattr(cv_results, "scoring", None), str):
                 scoring = cv_results.scoring
@@ -288,6 +315,13 @@ class LayerCurveDisplay:
             best = _best_of(uniq, mean[pick], lower_is_better)
         if tied_layers is not None and n_layers is not None:
             tied_layers = [t if t >= 0 else n_layers + 1 + t for t in tied_layers]
+        if encoder_name is None and search is not None:
+            name = param[:-len(param.split("__")[-1])] + "encoder"
+            params = getattr(getattr(search, "estimator", None), "get_params", dict)()
+            searched = [p[name] for p in cv_results["params"] if name in p]
+            encoders = searched or [params.get(name)]
+            if all(isinstance(e, str) and e == encoders[0] for e in encoders):
+                encoder_name = encoders[0]  # one encoder, named by a string
         disp = cls(uniq, mean[pick], None if std is None else std[pick], scorer_name,
-                   best_layer=best, tied_layers=tied_layers)
+                   best_layer=best, tied_layers=tied_layers, encoder_name=encoder_name)
         return disp.plot(ax=ax, **plot_kw)
