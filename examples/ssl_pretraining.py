@@ -83,6 +83,9 @@ def main():
     ap.add_argument("--test-seed", type=int, default=2,
                     help="make_lesions seed of the labelled set (5: the development set)")
     ap.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
+    ap.add_argument("--warmup-epochs", type=int, default=1,
+                    help="linear lr warm-up epochs (default: %(default)s; DINO's recipe: "
+                         "a tenth of --epochs)")
     ap.add_argument("--batch-size", type=int, default=64,
                     help="pretraining batch size")
     ap.add_argument("--methods", default="barlowtwins,mocov3,mae,dino",
@@ -113,7 +116,8 @@ def main():
         t0 = time.perf_counter()
         pre = SelfSupervisedPretrainer(small_vit, method=method, img_size=IMG,
                                        max_epochs=args.epochs, batch_size=args.batch_size,
-                                       lr=1e-3, warmup_epochs=1, random_state=0,
+                                       lr=1e-3, warmup_epochs=args.warmup_epochs,
+                                       random_state=0,
                                        verbose=False).fit(X_unl)
         dur = time.perf_counter() - t0
         name = f"small ViT, {method}"
