@@ -234,6 +234,27 @@ def test_checkpoint_path_sets_every_encoder_weight(tmp_path, encoder, timm_name,
                            .state_dict()[key], got[key])
 
 
+def test_register_token_vit_with_dpt_checkpoint_and_freeze(tmp_path, lesions):
+    from safetensors.torch import save_file
+
+    X, masks = lesions
+    state = _timm_state("test_vit4", seed=3, num_classes=0)  # 1 register token
+    assert "reg_token" in state
+    path = tmp_path / "reg.safetensors"
+    save_file(state, str(path))
+    seg = Segmenter("tu-test_vit4", architecture="dpt", image_size=64, freeze=2,
+                    checkpoint_path=path, max_epochs=1, batch_size=4, verbose=0,
+                    ).fit(X[:8], masks[:8])
+    vit = seg.module_.seg.encoder.model
+    torch.testing.assert_close(vit.reg_token, state["reg_token"])  # frozen: still the file's
+    torch.testing.assert_close(vit.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+    assert not torch.equal(vit.blocks[2].attn.qkv.weight, state["blocks.2.attn.qkv.weight"])
+    assert seg.predict(X[:2]).shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="patch size 14.*powers of 2"):
+        Segmenter("tu-vit_small_patch14_reg4_dinov2", architecture="dpt", pretrained=False,
+                  image_size=28).initialize()
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     from safetensors.torch import save_file
 

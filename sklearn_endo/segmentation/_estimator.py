@@ -75,9 +75,10 @@ class Segmenter(SkorchEstimatorMixin, NeuralNet):
     encoder : str, default="resnet34"
         An smp encoder name (``"resnet34"``), ``"tu-<timm name>"``, or a timm model name
         (routed through smp's timm universal encoder). ViTs (``"tu-vit_small_patch16_224"``,
-        register-token ViTs such as ``"tu-vit_small_patch14_reg4_dinov2"``) need
+        register-token ViTs such as ``"tu-vit_medium_patch16_reg4_gap_256"``) need
         ``architecture="dpt"``: smp's U-Net, FPN and UPerNet need a CNN-like feature
-        pyramid and refuse plain ViTs ("Unsupported model downsampling pattern").
+        pyramid and refuse plain ViTs ("Unsupported model downsampling pattern"), and
+        smp 0.6's DPT works only for patch sizes 8 and 16 (not DINOv2's 14).
     architecture : str, default="unet"
         smp decoder: ``"unet"``, ``"fpn"``, ``"upernet"`` (CNNs and hierarchical
         transformers), ``"dpt"`` (ViTs), or any other ``smp.create_model`` name.

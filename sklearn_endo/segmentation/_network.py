@@ -60,6 +60,14 @@ class SegNet(nn.Module):
         self.seg = smp.create_model(arch, encoder_name=smp_name,
                                     encoder_weights=encoder_weights, in_channels=in_chans,
                                     classes=n_classes, **kwargs)
+        strides = getattr(self.seg.encoder, "output_strides", None) or ()
+        if arch == "dpt" and any(int(st) & (int(st) - 1) for st in strides):
+            raise ValueError(
+                f"encoder={encoder!r} has patch size {strides[-1]}, but smp "
+                f"{smp.__version__}'s DPT decoder rescales its features by patch size / 4 "
+                f"and only works for patch sizes that are powers of 2 (8, 16): DINOv2's "
+                f"patch-14 ViTs fail inside it. Use a patch-16 ViT (register-token ones "
+                f"too, e.g. 'tu-vit_medium_patch16_reg4_gap_256').")
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         if in_chans == 1:
