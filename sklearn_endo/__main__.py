@@ -282,11 +282,11 @@ def _demo(argv):
           f"after the encoder pass; {images_seen[0] / len(X):.2f} encoder passes per image")
     title = (f"{args.encoder}, {weights} weights\n{args.cv}-fold CV log-loss per layer "
              f"(best: {best})")
-    _plot(res, best, title, args.out, cmp)
+    _plot(res, best, title, args.out, cmp, encoder=args.encoder)
     return 0
 
 
-def _plot(res, best, title, path, cmp=None):
+def _plot(res, best, title, path, cmp=None, *, encoder=None):
     try:
         import matplotlib
 
@@ -297,7 +297,8 @@ def _plot(res, best, title, path, cmp=None):
         return None
     disp = LayerCurveDisplay.from_cv_results(
         res, param="layerfeaturetransformer__layer", metric="mean_test_neg_log_loss",
-        best=best, tied_layers=None if cmp is None else cmp.tied_candidates)
+        best=best, tied_layers=None if cmp is None else cmp.tied_candidates,
+        encoder_name=encoder)
     disp.ax_.set_title(title)
     disp.figure_.tight_layout()
     disp.figure_.savefig(path, dpi=120)
@@ -533,7 +534,8 @@ def sweep_main(argv):
     _write_csv(csv_path, res, layers, names, best, cmp)
     title = (f"{args.encoder}, {weights} weights, {len(X)} images\n{args.cv}-fold CV "
              f"log-loss per layer (best: {best})")
-    png = _plot(res, best, title, os.path.join(args.out, "layer_curve.png"), cmp)
+    png = _plot(res, best, title, os.path.join(args.out, "layer_curve.png"), cmp,
+                encoder=args.encoder)
     summary = {
         "data_dir": os.path.abspath(args.data_dir),
         "n_images": len(X),

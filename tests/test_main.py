@@ -504,3 +504,22 @@ def test_sweep_progress_ends_with_one_final_line_in_a_log(tmp_path, monkeypatch)
     assert [ln.split("|")[0] for ln in lines if "fits" in ln] == [
         "GridSearchCV fits:   0%", "GridSearchCV fits:  25%", "GridSearchCV fits:  50%",
         "GridSearchCV fits:  75%", "GridSearchCV fits: 100%"]
+
+
+def test_sweep_curve_names_the_encoder_on_its_layer_axis(tmp_path, monkeypatch):
+    from sklearn_endo.plotting import LayerCurveDisplay
+
+    drawn = []
+    real = LayerCurveDisplay.from_cv_results.__func__
+
+    def spy(cls, *args, **kwargs):
+        disp = real(cls, *args, **kwargs)
+        drawn.append((disp.ax_.get_xlabel(), list(disp.ax_.get_xticks())))
+        return disp
+
+    monkeypatch.setattr(LayerCurveDisplay, "from_cv_results", classmethod(spy))
+    data = _write_tree(tmp_path / "data", (2, 2))
+    assert cli.main(["sweep", str(data), *SWEEP, "--cv", "2", "--layers", "1,2",
+                     "--out", str(tmp_path / "out")]) == 0
+    (label, ticks), = drawn
+    assert label == "Layer (resnet18)" and all(float(t).is_integer() for t in ticks)
