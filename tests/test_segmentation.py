@@ -162,8 +162,11 @@ def test_multiclass_label_maps(lesions):
     want = np.mean([np.mean([dice_score(t == k, p == k) for k in (1, 2)])
                     for t, p in zip(labels[:3], pred)])
     assert seg.score(X[:3], labels[:3]) == pytest.approx(want)
-    with pytest.raises(ValueError, match=r"integer labels 0..2"):
+    with pytest.raises(ValueError, match=r"integer labels 0..2 \(n_classes=3\)"):
         seg.fit(X[:8], labels + 1)
+    with pytest.raises(ValueError, match=r"y\[0\] is not a valid mask: it holds values "
+                                         r"\[255\].*or set n_classes for label maps"):
+        Segmenter(**TINY).fit(list(X[:2]), [m.astype(np.uint8) * 255 for m in masks[:2]])
 
 
 def test_grid_search_with_dice_scoring_runs_in_two_processes(lesions):

@@ -135,7 +135,8 @@ class SegmentationDisplay:
         shown = [load_image(images, i).permute(1, 2, 0).numpy() for i in idx]
         true = None
         if y is not None:
-            masks = check_masks(y, images, n_mask_classes=estimator.n_classes_, name="y")
+            masks = check_masks(y, images, n_mask_classes=estimator.n_classes_,
+                                name="y", param="n_classes")
             true = [masks.get(i, pred[j].shape)[0].numpy() for j, i in enumerate(idx)]
         return cls.from_predictions(shown, true, pred, n_classes=estimator.n_classes_,
                                     **plot_kw)

@@ -305,7 +305,8 @@ class Segmenter(SkorchEstimatorMixin, NeuralNet):
         images = check_images(X, name="X", min_samples=2)
         if y is None:
             raise ValueError("y is None; Segmenter.fit needs one mask per image in y.")
-        masks = check_masks(y, images, n_mask_classes=self.n_classes, name="y")
+        masks = check_masks(y, images, n_mask_classes=self.n_classes, name="y",
+                            param="n_classes")
         if not masks.has.any():
             raise ValueError("y has no mask at all (every entry is None); pass masks.")
         weights = check_sample_weight(sample_weight, len(images))

@@ -39,7 +39,8 @@ def mask_scores(estimator, X, y, metric="dice"):
     estimator._check_fitted()
     images = check_images(X, name="X")
     n_classes = estimator.n_classes_
-    masks = check_masks(y, images, n_mask_classes=n_classes, name="y")
+    masks = check_masks(y, images, n_mask_classes=n_classes, name="y",
+                        param="n_classes")
     idx = np.flatnonzero(masks.has)
     if idx.size == 0:
         raise ValueError("y has no mask at all (every entry is None); nothing to score.")

@@ -47,6 +47,8 @@ class Masks:
     data: object
     has: np.ndarray
     n_mask_classes: int = 1
+    name: str = "masks"  # the argument, for messages
+    param: str = "n_mask_classes"  # the estimator's parameter, for messages
 
     def __len__(self):
         return len(self.has)
@@ -62,7 +64,8 @@ class Masks:
         if not self.has[i]:
             return torch.zeros(size, dtype=dtype), False
         item = self.data[i]
-        arr = _read_mask_file(item, self.n_mask_classes, f"masks[{i}]") if (
+        arr = _read_mask_file(item, self.n_mask_classes, f"{self.name}[{i}]",
+                              self.param) if (
             _is_pathlike(item)) else _as_array(item)
         return _resize_nearest(arr, size, dtype), True
 
@@ -83,7 +86,7 @@ def _as_array(item):
     return arr
 
 
-def _read_mask_file(path, n_mask_classes, where="masks"):
+def _read_mask_file(path, n_mask_classes, where="masks", param="n_mask_classes"):
     if n_mask_classes == 1:
         return read_mask_file(path, 127, where)
     from PIL import Image
@@ -101,9 +104,9 @@ def _read_mask_file(path, n_mask_classes, where="masks"):
             arr.max(initial=0) >= n_mask_classes):  # label maps must be stored losslessly
         raise DecodeError(
             f"{where} = {os.fspath(path)!r} holds values in [{arr.min()}, {arr.max()}], "
-            f"but n_mask_classes={n_mask_classes} allows integer labels "
+            f"but {param}={n_mask_classes} allows integer labels "
             f"0..{n_mask_classes - 1}. Save label maps as PNG (not JPEG) or raise "
-            f"n_mask_classes."
+            f"{param}."
         )
     return arr
 
@@ -115,7 +118,7 @@ def _resize_nearest(arr, size, dtype):
     return t.to(dtype)
 
 
-def _check_values(arr, where, n_mask_classes, name):
+def _check_values(arr, where, n_mask_classes, name, param="n_mask_classes"):
     if arr.dtype == bool:
         return
     if arr.dtype.kind not in "fiu":
@@ -134,16 +137,16 @@ def _check_values(arr, where, n_mask_classes, name):
     if bad.size:
         if n_mask_classes > 1:
             fix = (f"multi-class masks hold integer labels 0..{n_mask_classes - 1} "
-                   f"(n_mask_classes={n_mask_classes})")
+                   f"({param}={n_mask_classes})")
         else:
             fix = ("binary masks hold 0/1 or bools; threshold them first (e.g. "
-                   "masks > 127 for 0/255 masks), or set n_mask_classes for label maps")
+                   f"masks > 127 for 0/255 masks), or set {param} for label maps")
         raise ValueError(
             f"{name}{where} is not a valid mask: it holds values {bad[:5].tolist()}; {fix}."
         )
 
 
-def check_masks(masks, images, *, n_mask_classes=1, name="masks"):
+def check_masks(masks, images, *, n_mask_classes=1, name="masks", param="n_mask_classes"):
     """Validate ``masks`` against the validated ``images`` (counts and sizes).
 
     Returns a :class:`Masks`. File masks are checked for existence and size (headers
@@ -151,7 +154,7 @@ def check_masks(masks, images, *, n_mask_classes=1, name="masks"):
     """
     n = len(images)
     if masks is None:
-        return Masks("none", None, np.zeros(n, dtype=bool), n_mask_classes)
+        return Masks("none", None, np.zeros(n, dtype=bool), n_mask_classes, name, param)
     if isinstance(masks, Masks):
         return masks
     if isinstance(masks, (str, os.PathLike)):
@@ -174,9 +177,9 @@ def check_masks(masks, images, *, n_mask_classes=1, name="masks"):
                 f"{name} has {masks.shape[0]} masks but X has {n} images; pass one mask "
                 f"per image (None entries in a list mark images without a mask)."
             )
-        _check_values(masks, "", n_mask_classes, name)
+        _check_values(masks, "", n_mask_classes, name, param)
         _check_sizes({i: masks.shape[1:3] for i in range(n)}, images, name)
-        return Masks("array", masks, np.ones(n, dtype=bool), n_mask_classes)
+        return Masks("array", masks, np.ones(n, dtype=bool), n_mask_classes, name, param)
     try:
         items = list(masks)
     except TypeError:
@@ -206,7 +209,7 @@ def check_masks(masks, images, *, n_mask_classes=1, name="masks"):
         arr = _as_array(item)
         if arr.ndim != 2:
             raise ValueError(f"{name}{where} has shape {arr.shape}; expected (H, W).")
-        _check_values(arr, where, n_mask_classes, name)
+        _check_values(arr, where, n_mask_classes, name, param)
         sizes[i] = arr.shape
     missing = [os.fspath(items[i]) for i in files if not os.path.isfile(items[i])]
     if missing:
@@ -219,7 +222,7 @@ def check_masks(masks, images, *, n_mask_classes=1, name="masks"):
     _check_sizes(sizes, images, name)
     data = np.empty(n, dtype=object)
     data[:] = items
-    return Masks("list", data, has, n_mask_classes)
+    return Masks("list", data, has, n_mask_classes, name, param)
 
 
 def _check_sizes(sizes, images, name):
