@@ -425,3 +425,24 @@ def test_docs_snippets_run_offline(monkeypatch, tmp_path):
     assert len(blocks) == 3 and (tmp_path / "masks.png").exists()
     assert 0 <= namespace["search"].best_score_ <= 1
     assert np.isfinite(namespace["search"].cv_results_["mean_test_dice"]).all()
+
+
+def test_sample_weight_reaches_the_loss_and_a_valid_split_works(lesions):
+    from skorch.dataset import ValidSplit
+
+    X, masks = lesions
+    seen = []
+
+    class Recording(SegmentationLoss):
+        def forward(self, logits, masks, has_mask=None, sample_weight=None):
+            seen.append(None if sample_weight is None else sample_weight.tolist())
+            return super().forward(logits, masks, has_mask, sample_weight)
+
+    w = np.array([0.0, 1.0, 2.0, 3.0] * 2)
+    seg = Segmenter(**dict(TINY, criterion=Recording, batch_size=8)).fit(
+        X[:8], masks[:8], sample_weight=w)
+    assert sorted(seen[0]) == sorted(w.tolist())
+    with pytest.raises(ValueError, match="sample_weight has shape"):
+        seg.fit(X[:8], masks[:8], sample_weight=w[:3])
+    seg = Segmenter(**dict(TINY, train_split=ValidSplit(4))).fit(X[:16], masks[:16])
+    assert np.isfinite(seg.history[-1, "valid_loss"])
