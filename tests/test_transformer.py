@@ -64,7 +64,9 @@ def test_vit_final_norm(images, tiny_vit):
 def test_cnn_every_block_matches_forward_hooks(images, name):
     X, _ = images
     model = timm.create_model(name, pretrained=False, num_classes=0).eval()
-    t = LayerFeatureTransformer(model, pooling="max").fit(X[:4])
+    # at the images' own size (no resampling): the test is about the blocks, and the
+    # package's uint8 resize is not the float one of _normalized
+    t = LayerFeatureTransformer(model, pooling="max", img_size=X.shape[1]).fit(X[:4])
     # an independent capture: our own hooks on the modules timm names as blocks
     blocks = [m for n, m in model.named_modules() if n in t.layer_names_[1:]]
     assert len(blocks) == t.n_layers_ == (8 if name == "resnet18" else 16)
@@ -84,7 +86,7 @@ def test_cnn_every_block_matches_forward_hooks(images, name):
 
 def test_resnet_stage_ends_match_forward_intermediates(images, tiny_cnn):
     X, _ = images
-    t = LayerFeatureTransformer(tiny_cnn).fit(X[:4])
+    t = LayerFeatureTransformer(tiny_cnn, img_size=X.shape[1]).fit(X[:4])  # no resampling
     feats = t.layer_features(X[:4], layers=[2, 4, 6, 8])
     with torch.no_grad():
         stages = tiny_cnn.forward_intermediates(_normalized(X[:4], t.data_config_),
