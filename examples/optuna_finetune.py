@@ -59,7 +59,7 @@ def main():
     X_train, y_train, X_test, y_test = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
     base = FineTuneClassifier(args.encoder, img_size=args.img_size, batch_size=16,
                               max_epochs=args.epochs, head_width=96, head_heads=2,
-                              random_state=0)
+                              random_state=0, verbose=0)  # one line per trial below
     try:
         n_layers = base.set_params(classes=np.unique(y)).initialize().n_layers_
     except WeightsUnavailableError as exc:

@@ -100,7 +100,7 @@ def main():
     X, y = make_lesions(args.n, n_classes=3, image_size=args.img_size, random_state=0)
     n_train = 2 * args.n // 3
     X_train, y_train, X_test, y_test = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
-    common = dict(img_size=args.img_size, batch_size=16, max_epochs=args.epochs,
+    common = dict(img_size=args.img_size, batch_size=16, max_epochs=args.epochs, verbose=0,
                   random_state=0)
     try:
         cnn = dict(encoder=args.encoder, pretrained=True)

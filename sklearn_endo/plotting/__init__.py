@@ -7,5 +7,7 @@ __all__ = ["CKADisplay"]
 from ._confusion import ConfusionAsymmetryDisplay
 from ._embedding import EmbeddingDisplay
 from ._layer_curve import LayerCurveDisplay
+from ._segmentation import SegmentationDisplay
 
-__all__ += ["ConfusionAsymmetryDisplay", "EmbeddingDisplay", "LayerCurveDisplay"]
+__all__ += ["ConfusionAsymmetryDisplay", "EmbeddingDisplay", "LayerCurveDisplay",
+            "SegmentationDisplay"]
