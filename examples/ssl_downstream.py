@@ -77,24 +77,29 @@ def segmentation(args, init, data):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="check that the script runs (128 unlabelled images, 2 SSL "
                          "epochs, 3 fine-tuning epochs, 100 + 100 labelled images)")
     ap.add_argument("--encoder", default="test_resnet",
-                    help="a timm CNN name (default: timm's tiny test_resnet)")
-    ap.add_argument("--method", default="barlowtwins")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--n-unlabelled", type=int, default=1024)
-    ap.add_argument("--ssl-epochs", type=int, default=10)
-    ap.add_argument("--n-train", type=int, default=300)
-    ap.add_argument("--n-test", type=int, default=500)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr-cls", type=float, default=1e-3)
-    ap.add_argument("--lr-seg", type=float, default=3e-3)
+                    help="a timm CNN name (test_resnet: timm's tiny test model)")
+    ap.add_argument("--method", default="barlowtwins",
+                    help="SelfSupervisedPretrainer method (barlowtwins, mocov3, dino, mae)")
+    ap.add_argument("--size", type=int, default=32, help="image size in pixels")
+    ap.add_argument("--n-unlabelled", type=int, default=1024,
+                    help="unlabelled images for pretraining")
+    ap.add_argument("--ssl-epochs", type=int, default=10, help="pretraining epochs")
+    ap.add_argument("--n-train", type=int, default=300,
+                    help="labelled images for fine-tuning")
+    ap.add_argument("--n-test", type=int, default=500, help="labelled test images")
+    ap.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    ap.add_argument("--lr-cls", type=float, default=1e-3,
+                    help="FineTuneClassifier learning rate")
+    ap.add_argument("--lr-seg", type=float, default=3e-3, help="Segmenter learning rate")
     ap.add_argument("--imagenet", action="store_true",
                     help="also start from ImageNet weights (skipped when not cached)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     args = ap.parse_args()
     if args.quick:
         args.n_unlabelled, args.ssl_epochs, args.epochs = 128, 2, 3
