@@ -462,11 +462,33 @@ def make_loader(images, indices, size, *, batch_size, num_workers="auto",
     ValueError in DataLoader worker process 0"; any Dataset that decodes through
     :func:`decode_resized` gets this, with no wrapper around the loader.
     """
-    if num_workers == "auto":
-        num_workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
+    opts = loader_options(images.kind, "cuda" if pin_memory else "cpu",
+                          num_workers=num_workers)
     ds = ImageDataset(images, indices, size, interpolation=interpolation, crop_pct=crop_pct,
                       raw=raw)
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=False, collate_fn=collate,
-    )
+        ds, batch_size=batch_size, shuffle=False, collate_fn=collate, **opts)
+
+
+def loader_options(kind, device_type, *, num_workers="auto", training=False,
+                   cpu_count=None):
+    """DataLoader settings so that decoding overlaps the encoder (a pure function).
+
+    * ``num_workers="auto"``: worker processes only for file paths (arrays and PIL
+      images need no decoding worth a process), at most 4 and at most the CPU count;
+    * ``pin_memory`` on CUDA (page-locked batches copy asynchronously);
+    * ``prefetch_factor`` 4 on CUDA with workers (the GPU consumes batches faster than
+      a CPU, so more are kept ready), torch's default (2) otherwise;
+    * ``persistent_workers`` while training (no new processes, and no re-fork of the
+      dataset, each epoch).
+    """
+    if num_workers == "auto":
+        cpus = os.cpu_count() if cpu_count is None else cpu_count
+        num_workers = min(4, cpus or 1) if kind == "paths" else 0
+    num_workers = int(num_workers)
+    cuda = str(device_type).startswith("cuda")
+    opts = {"num_workers": num_workers, "pin_memory": cuda,
+            "persistent_workers": bool(training and num_workers > 0)}
+    if num_workers > 0:
+        opts["prefetch_factor"] = 4 if cuda else 2
+    return opts

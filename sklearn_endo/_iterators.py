@@ -7,8 +7,6 @@ image paths are decoded by worker processes, which are stopped at once when an e
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 
@@ -58,8 +56,11 @@ def skorch_image_iterator(net, dataset, training):
             kwargs.setdefault("drop_last", True)
     images = getattr(unwrap_dataset(dataset), "images", None)
     if "num_workers" not in kwargs and images is not None and images.kind == "paths":
-        kwargs["num_workers"] = min(4, os.cpu_count() or 1)
-        kwargs.setdefault("persistent_workers", training)
+        from ._images import loader_options
+
+        for key, value in loader_options("paths", str(getattr(net, "device", "cpu")),
+                                         training=training).items():
+            kwargs.setdefault(key, value)
     iterator = net.iterator_train if training else net.iterator_valid
     loader = iterator(dataset, **kwargs)
     if getattr(loader, "num_workers", 0):

@@ -225,3 +225,20 @@ def test_real_endoscopy_jpegs_match_the_full_decode_within_a_level():
         diffs.append(float((got - old).abs().mean()) * 255)
     assert max(diffs) < 1.5, diffs  # measured: 0.61 on average, 0.92 at worst
     assert glob.glob(os.path.join(KVASIR_V2, "*", "*.jpg"))
+
+
+def test_loader_options_overlap_decoding_with_the_encoder():
+    from sklearn_endo._images import loader_options
+
+    assert loader_options("paths", "cpu", cpu_count=2) == {
+        "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+        "prefetch_factor": 2}
+    assert loader_options("paths", "cuda:0", cpu_count=16, training=True) == {
+        "num_workers": 4, "pin_memory": True, "persistent_workers": True,
+        "prefetch_factor": 4}
+    for kind in ("array", "list"):  # nothing to decode: no worker processes
+        assert loader_options(kind, "cuda", cpu_count=16) == {
+            "num_workers": 0, "pin_memory": True, "persistent_workers": False}
+    assert loader_options("paths", "cpu", num_workers=0, training=True) == {
+        "num_workers": 0, "pin_memory": False, "persistent_workers": False}
+    assert loader_options("paths", "cpu", cpu_count=None)["num_workers"] >= 1
