@@ -2,7 +2,8 @@
 
 Features from any layer of a frozen timm encoder (:class:`LayerFeatureTransformer`),
 the U-Net-boosted multi-task classifier (:class:`UBCClassifier`), polyp segmentation
-(:class:`Segmenter`), and the evaluation protocols around them (layer sweeps, probes, CKA, clinical metrics).
+(:class:`Segmenter`), and the evaluation protocols around them (layer sweeps, probes,
+CKA, clinical metrics).
 """
 
 __version__ = "0.1.0"

@@ -15,8 +15,7 @@ import pytest
 import timm
 import torch
 
-from sklearn_endo import LayerFeatureTransformer, clear_feature_store
-from sklearn_endo import _device
+from sklearn_endo import LayerFeatureTransformer, _device, clear_feature_store
 from sklearn_endo._device import (
     autocast_dtype,
     autocast_dtype_for,

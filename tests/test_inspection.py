@@ -142,7 +142,8 @@ def test_count_frozen_encoder_plus_linear_probe(images, tiny_vit):
     assert [s[0] for s in c.steps] == ["layerfeaturetransformer", "logisticregression"]
 
     pipe = make_pipeline(LayerFeatureTransformer(tiny_vit, layer=2, batch_size=8),
-                         StandardScaler(), LinearProbeClassifier(solver="adam", max_epochs=1)).fit(X, y)
+                         StandardScaler(),
+                         LinearProbeClassifier(solver="adam", max_epochs=1)).fit(X, y)
     assert count_trainable_parameters(pipe).trainable == 2 * 32 + 2
     search = GridSearchCV(pipe, {"layerfeaturetransformer__layer": [1]}, cv=2).fit(X, y)
     assert count_trainable_parameters(search).trainable == 2 * 32 + 2

@@ -29,8 +29,9 @@ def _layered_data(n=60, dims=(5, 12, 7), n_classes=3, seed=0):
 # ---------------------------------------------------------------- sklearn's checks
 @parametrize_with_checks(
     [
-        # (the default, solver="lbfgs", is checked below) the Adam recipe with a larger step than its 1e-4, so that the accuracy checks
-        # on small blobs converge within the default 30 epochs; the API is the same
+        # (the default, solver="lbfgs", is checked below) the Adam recipe with a larger
+        # step than its 1e-4, so that the accuracy checks on small blobs converge within
+        # the default 30 epochs; the API is the same
         LinearProbeClassifier(solver="adam", lr=1e-2, random_state=0),
         KNNProbeClassifier(n_neighbors=5),
     ]

@@ -87,8 +87,9 @@ def load_image_folder(path, *, extensions=IMAGE_EXTENSIONS, return_X_y=False):
     not read. Symbolic links are followed: a linked class folder
     (``data/c -> /elsewhere/c``) is a class like any other, a linked file an image
     (its path is the link's), and a link back to an enclosing folder is skipped; a
-    link to a missing file is an error naming it. Fewer than two class folders is an error rather than a warning: it almost
-    always means ``path`` points one level too deep, and a classifier cannot be fitted.
+    link to a missing file is an error naming it. Fewer than two class folders is an
+    error rather than a warning: it almost always means ``path`` points one level too
+    deep, and a classifier cannot be fitted.
     Images are not decoded here: estimators read the paths lazily, batch by batch.
 
     Parameters
