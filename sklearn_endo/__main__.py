@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import re
@@ -515,7 +514,12 @@ def sweep_main(argv):
                                                metrics=SWEEP_METRICS, refit=False)
         search_encoded = images_seen[0] - encoded
 
-    from sklearn_endo._cli_compare import _compare_layers, _comparison_json, _print_comparison
+    from sklearn_endo._cli_compare import (
+        _compare_layers,
+        _comparison_json,
+        _print_comparison,
+        _write_csv,
+    )
 
     res = search.cv_results_
     cmp = _compare_layers(search, y)
@@ -531,7 +535,7 @@ def sweep_main(argv):
           f"encoder pass; {passes:.2f} encoder passes per image")
 
     csv_path = os.path.join(args.out, "layer_metrics.csv")
-    _write_csv(csv_path, res, layers, names, best, cmp)
+    _write_csv(csv_path, res, layers, names, best, SWEEP_METRICS, cmp)
     title = (f"{args.encoder}, {weights} weights, {len(X)} images\n{args.cv}-fold CV "
              f"log-loss per layer (best: {best})")
     png = _plot(res, best, title, os.path.join(args.out, "layer_curve.png"), cmp,
@@ -573,33 +577,6 @@ def sweep_main(argv):
         f.write("\n")
     print(f"metrics written to {csv_path}, summary to {json_path}")
     return 0
-
-
-def _write_csv(path, res, layers, names, best, cmp=None):
-    columns = ["layer", "module"]
-    for m in SWEEP_METRICS:
-        name = m.removeprefix("neg_")
-        columns += [f"{name}_mean", f"{name}_std"]
-    if cmp is not None:
-        columns += ["log_loss_diff_to_best", "diff_ci95_low", "diff_ci95_high",
-                    "p_vs_best", "p_vs_best_holm", "tied_with_best", "within_one_se"]
-    columns += ["fit_time_mean_s", "best"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for i, layer in enumerate(layers):
-            row = [layer, names[layer]]
-            for m in SWEEP_METRICS:
-                sign = -1.0 if m.startswith("neg_") else 1.0
-                row += [f"{sign * res[f'mean_test_{m}'][i]:.6g}",
-                        f"{res[f'std_test_{m}'][i]:.6g}"]
-            if cmp is not None:
-                row += [f"{v:.6g}" for v in (cmp.diff_to_best[i], cmp.diff_to_best_low[i],
-                                             cmp.diff_to_best_high[i], cmp.pvalue_vs_best[i],
-                                             cmp.pvalue_vs_best_holm[i])]
-                row += [int(cmp.tied[i]), int(cmp.one_se[i])]
-            row += [f"{res['mean_fit_time'][i]:.4g}", int(layer == best)]
-            w.writerow(row)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The CLI's layer comparison: every layer against the best and the last one.
+"""The CLI's layer comparison (every layer against the best and the last one) and CSV.
 
 The table column (log-loss minus the best's, with its 95% interval), the printed last
 lines and the fields of summary.json, from
@@ -6,6 +6,8 @@ lines and the fields of summary.json, from
 """
 
 from __future__ import annotations
+
+import csv
 
 from .model_selection._compare import _format_values
 
@@ -74,3 +76,31 @@ def _comparison_json(cmp):
             "n_test": cmp.n_test,
         },
     }
+
+
+def _write_csv(path, res, layers, names, best, metrics, cmp=None):
+    """The sweep's metrics.csv: one row per layer, the comparison's columns with ``cmp``."""
+    columns = ["layer", "module"]
+    for m in metrics:
+        name = m.removeprefix("neg_")
+        columns += [f"{name}_mean", f"{name}_std"]
+    if cmp is not None:
+        columns += ["log_loss_diff_to_best", "diff_ci95_low", "diff_ci95_high",
+                    "p_vs_best", "p_vs_best_holm", "tied_with_best", "within_one_se"]
+    columns += ["fit_time_mean_s", "best"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for i, layer in enumerate(layers):
+            row = [layer, names[layer]]
+            for m in metrics:
+                sign = -1.0 if m.startswith("neg_") else 1.0
+                row += [f"{sign * res[f'mean_test_{m}'][i]:.6g}",
+                        f"{res[f'std_test_{m}'][i]:.6g}"]
+            if cmp is not None:
+                row += [f"{v:.6g}" for v in (cmp.diff_to_best[i], cmp.diff_to_best_low[i],
+                                             cmp.diff_to_best_high[i], cmp.pvalue_vs_best[i],
+                                             cmp.pvalue_vs_best_holm[i])]
+                row += [int(cmp.tied[i]), int(cmp.one_se[i])]
+            row += [f"{res['mean_fit_time'][i]:.4g}", int(layer == best)]
+            w.writerow(row)
