@@ -105,7 +105,10 @@ class DecodeCache:
             if arr.ndim != 3 or arr.shape[0] != 3 or arr.dtype not in (np.uint8,
                                                                         np.float32):
                 raise ValueError(f"unexpected entry {arr.shape} {arr.dtype}")
-            return torch.from_numpy(np.array(arr))  # a copy: the map is closed
+            t = torch.from_numpy(np.array(arr))  # a copy: the map is closed
+            if torch.utils.data.get_worker_info() is None:
+                self._keep(key, t)  # written by a worker: served from memory next time
+            return t
         except FileNotFoundError:
             return None
         except Exception:  # a damaged entry: decoded again, and rewritten
@@ -115,17 +118,27 @@ class DecodeCache:
                 pass
             return None
 
+    def _keep(self, key, t):
+        """Keep ``t`` in memory if the bound allows; whether it is held there now."""
+        nbytes = t.numel() * t.element_size()
+        with self._lock:
+            if key in self._mem:
+                return True
+            if self._bytes + nbytes <= self.bound():
+                self._mem[key] = t.contiguous()
+                self._bytes += nbytes
+                return True
+        return False
+
+    def fits_in_memory(self, n_images, size):
+        """Whether ``n_images`` decoded at ``size`` (uint8 RGB) fit the memory bound."""
+        return n_images * 3 * int(size[0]) * int(size[1]) <= self.bound()
+
     def put(self, key, t):
         in_worker = torch.utils.data.get_worker_info() is not None
         nbytes = t.numel() * t.element_size()
-        if not in_worker:
-            with self._lock:
-                if key in self._mem:
-                    return
-                if self._bytes + nbytes <= self.bound():
-                    self._mem[key] = t.contiguous()
-                    self._bytes += nbytes
-                    return
+        if not in_worker and self._keep(key, t):
+            return
         folder = self.folder()
         if folder is None:
             return

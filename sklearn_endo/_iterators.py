@@ -35,6 +35,46 @@ class StopWorkersOnError:
             raise
 
 
+class WorkersForTheFirstEpoch:
+    """Worker processes decode the first epoch; the main process serves the next ones.
+
+    For a fit on image paths whose decoded images all fit the decode cache's memory
+    bound: the first epoch's workers write every image to the cache's files, the second
+    epoch reads them in the main process and keeps them in memory, and from then on an
+    epoch costs what in-memory arrays cost (workers would only add inter-process copies
+    and compete for the cores). The workers are stopped when the first epoch is done.
+    """
+
+    def __init__(self, loader, in_process):
+        self.loader = loader
+        self.in_process = in_process
+        self.passes = 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.passes == 0:
+            yield from StopWorkersOnError(self.loader)
+        else:
+            workers = getattr(self.loader, "_iterator", None)  # persistent workers
+            if workers is not None:
+                workers._shutdown_workers()
+                self.loader._iterator = None
+            yield from self.in_process
+        self.passes += 1
+
+
+def _served_from_memory(ds, training):
+    """Whether the images of ``ds`` (paths) fit the decode cache's memory tier."""
+    from ._decode_cache import DECODED
+
+    images, size = getattr(ds, "images", None), getattr(ds, "size", None)
+    if not training or images is None or images.kind != "paths" or size is None:
+        return False
+    return DECODED.folder() is not None and DECODED.fits_in_memory(len(images), size)
+
+
 def unwrap_dataset(dataset):
     """The dataset under skorch's / sklearn's ``Subset`` wrappers."""
     while isinstance(dataset, torch.utils.data.Subset):
@@ -63,6 +103,11 @@ def skorch_image_iterator(net, dataset, training):
             kwargs.setdefault(key, value)
     iterator = net.iterator_train if training else net.iterator_valid
     loader = iterator(dataset, **kwargs)
+    if getattr(loader, "num_workers", 0) and _served_from_memory(unwrap_dataset(dataset),
+                                                                 training):
+        serial = {k: v for k, v in kwargs.items()
+                  if k not in ("num_workers", "prefetch_factor", "persistent_workers")}
+        return WorkersForTheFirstEpoch(loader, iterator(dataset, num_workers=0, **serial))
     if getattr(loader, "num_workers", 0):
         return StopWorkersOnError(loader)
     return loader

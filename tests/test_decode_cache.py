@@ -152,3 +152,32 @@ def test_estimators_decode_each_file_once(jpegs, monkeypatch, tmp_path):
             ds[i]
             ubc[i]
     assert len(log.read_text().split()) == 8 + 8  # (24, 24) bicubic and bilinear
+
+
+def test_later_epochs_read_memory_without_worker_processes(jpegs, monkeypatch, tmp_path):
+    """Epoch 1 decodes in workers (they write the cache's files); from epoch 2 the main
+    process serves every image, from memory after its first read."""
+    from sklearn_endo import _iterators
+    from sklearn_endo.finetune import FineTuneClassifier
+
+    cache = _use(monkeypatch, DecodeCache(max_bytes=10**9, directory=str(tmp_path / "c")))
+    passes = []
+    real_iter = _iterators.WorkersForTheFirstEpoch.__iter__
+
+    def spy(self):
+        passes.append("workers" if self.passes == 0 else "main")
+        return real_iter(self)
+
+    monkeypatch.setattr(_iterators.WorkersForTheFirstEpoch, "__iter__", spy)
+    y = np.arange(8) % 2
+    clf = FineTuneClassifier("resnet18", pretrained=False, img_size=32, max_epochs=3,
+                             batch_size=4, verbose=0, train_split=None)
+    clf.fit(jpegs, y)
+    assert passes == ["workers", "main", "main"], passes
+    assert cache.nbytes == 8 * 3 * 32 * 32  # every image promoted to memory
+    assert np.isfinite(clf.history_[:, "train_loss"]).all()
+    # a bound too small for the data set keeps the workers in every epoch
+    passes.clear()
+    _use(monkeypatch, DecodeCache(max_bytes=3 * 32 * 32, directory=str(tmp_path / "c")))
+    clf.fit(jpegs, y)
+    assert passes == [], passes
