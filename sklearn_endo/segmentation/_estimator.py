@@ -11,10 +11,10 @@ from skorch import NeuralNet
 from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
 from skorch.utils import to_tensor
 
-from .._images import check_images, image_sizes, load_resized
+from .._images import check_images, image_sizes
 from .._iterators import skorch_image_iterator
 from .._skorch import SkorchEstimatorMixin
-from ..ubc._data import check_sample_weight
+from ..ubc._data import UBCDataset, check_sample_weight
 from ..ubc._masks import check_masks
 from ..ubc._model import load_encoder_checkpoint, pretrained_kwargs
 from ._augment import AUGMENTS, make_joint_augment
@@ -25,31 +25,15 @@ from ._network import SegNet, check_freeze
 __all__ = ["Segmenter"]
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(UBCDataset):
     """Image ``i`` resized (bilinear) to ``size`` with its mask resized (nearest).
 
-    Images and mask files are decoded on access, so memory is bounded by the batch.
-    Without masks (prediction) the target is a placeholder 0.
+    UBC's dataset without labels: images and mask files are decoded on access, so memory
+    is bounded by the batch; without masks (prediction) the target is a placeholder 0.
     """
 
     def __init__(self, images, size, masks=None, sample_weight=None):
-        self.images = images
-        self.size = tuple(size)
-        self.masks = masks
-        self.sample_weight = sample_weight
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = load_resized(self.images, i, self.size, interpolation="bilinear")
-        if self.masks is None:
-            return x, 0
-        mask, has = self.masks.get(i, self.size)
-        target = {"mask": mask, "has_mask": torch.tensor(has)}
-        if self.sample_weight is not None:
-            target["weight"] = torch.tensor(self.sample_weight[i], dtype=torch.float32)
-        return x, target
+        super().__init__(images, size, masks=masks, sample_weight=sample_weight)
 
 
 class Segmenter(SkorchEstimatorMixin, NeuralNet):

@@ -17,8 +17,9 @@ class UBCDataset(torch.utils.data.Dataset):
     """Image ``i`` resized to ``size``, with its target ``{"y", "mask", "has_mask"}``.
 
     Images (and mask files) are decoded on access, so memory is bounded by the batch.
-    Without ``y`` (prediction) the target is a placeholder 0. With ``sample_weight``
-    the target also holds ``"weight"``.
+    Without ``y`` and ``masks`` (prediction) the target is a placeholder 0; with masks
+    only (segmentation) it has no ``"y"``. With ``sample_weight`` the target also holds
+    ``"weight"``.
     """
 
     def __init__(self, images, size, y=None, masks=None, sample_weight=None):
@@ -33,11 +34,12 @@ class UBCDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         x = load_resized(self.images, i, self.size, interpolation="bilinear")
-        if self.y is None:
+        if self.y is None and self.masks is None:
             return x, 0
         mask, has = self.masks.get(i, self.size)
-        target = {"y": torch.tensor(self.y[i], dtype=torch.int64), "mask": mask,
-                  "has_mask": torch.tensor(has)}
+        target = {"mask": mask, "has_mask": torch.tensor(has)}
+        if self.y is not None:
+            target["y"] = torch.tensor(self.y[i], dtype=torch.int64)
         if self.sample_weight is not None:
             target["weight"] = torch.tensor(self.sample_weight[i], dtype=torch.float32)
         return x, target
