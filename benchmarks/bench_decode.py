@@ -173,6 +173,32 @@ def bench_finetune(paths, size, epochs, pairs):
     print(f"  paths / arrays: {ratio:.2f}x (target <= 1.10x)")
 
 
+def bench_ssl(paths, size, epochs, pairs):
+    from sklearn_endo.ssl import SelfSupervisedPretrainer
+
+    X = np.stack([decode_file(p, "X[0]", size=(size, size)).permute(1, 2, 0).numpy()
+                  for p in paths])
+    print(f"3b. SelfSupervisedPretrainer (Barlow Twins, resnet18) epochs 2..{epochs}, "
+          f"{len(paths)} images at {size} px; median epoch of each fit, {pairs} pairs")
+
+    def epoch_time(inputs):
+        pre = SelfSupervisedPretrainer("resnet18", method="barlowtwins", img_size=size,
+                                       max_epochs=epochs, batch_size=16, warmup_epochs=0,
+                                       random_state=0, verbose=False).fit(inputs)
+        return float(np.median(pre.history_[1:, "dur"]))
+
+    t_paths, t_arrays = [], []
+    for k in range(pairs):
+        first, second = (list(paths), X) if k % 2 == 0 else (X, list(paths))
+        a, b = epoch_time(first), epoch_time(second)
+        t_paths.append(a if k % 2 == 0 else b)
+        t_arrays.append(b if k % 2 == 0 else a)
+    row("JPEG paths (decode cache)", float(np.median(t_paths)) / len(paths))
+    row("uint8 arrays at the working size", float(np.median(t_arrays)) / len(paths))
+    ratio = float(np.median([a / b for a, b in zip(t_paths, t_arrays)]))
+    print(f"  paths / arrays: {ratio:.2f}x (target <= 1.10x)")
+
+
 def _status_bytes(field):
     with open("/proc/self/status") as f:
         for line in f:
@@ -251,6 +277,7 @@ def main(argv=None):
         os.environ["SKLEARN_ENDO_DECODE_CACHE_DIR"] = os.path.join(folder, "decoded")
         if not args.skip_finetune:
             bench_finetune(small + big, args.ft_size, args.ft_epochs, args.ft_pairs)
+            bench_ssl(small + big, args.ft_size, args.ft_epochs, args.ft_pairs)
         print("4. decode cache memory, fresh processes: the bound, then no memory tier")
         for bound in (args.rss_bound, 0):
             subprocess.run([sys.executable, __file__, "--rss-child", folder, "--rss-paths",

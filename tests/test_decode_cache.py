@@ -181,3 +181,31 @@ def test_later_epochs_read_memory_without_worker_processes(jpegs, monkeypatch, t
     _use(monkeypatch, DecodeCache(max_bytes=3 * 32 * 32, directory=str(tmp_path / "c")))
     clf.fit(jpegs, y)
     assert passes == [], passes
+
+
+def test_pretraining_uses_workers_for_the_first_epoch_only(jpegs, monkeypatch, tmp_path):
+    """SelfSupervisedPretrainer: epoch 0 decodes in workers, later epochs in the main
+    process from the cache, when the decoded images fit its memory bound."""
+    from sklearn_endo.ssl import SelfSupervisedPretrainer
+
+    from .conftest import make_tiny_vit
+
+    workers = []
+    real = torch.utils.data.DataLoader
+
+    class Spy(real):
+        def __init__(self, *a, num_workers=0, **k):
+            workers.append(num_workers)
+            super().__init__(*a, num_workers=num_workers, **k)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Spy)
+    pre = SelfSupervisedPretrainer(make_tiny_vit, img_size=32, max_epochs=3, batch_size=4,
+                                   warmup_epochs=0, num_workers=2, random_state=0,
+                                   verbose=False)
+    _use(monkeypatch, DecodeCache(max_bytes=10**9, directory=str(tmp_path / "c")))
+    pre.fit(jpegs)
+    assert workers == [2, 0, 0], workers
+    workers.clear()
+    _use(monkeypatch, DecodeCache(max_bytes=3 * 32 * 32, directory=str(tmp_path / "c")))
+    pre.fit(jpegs)
+    assert workers == [2, 2, 2], workers

@@ -11,6 +11,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from .. import _decode_cache
 from .._device import autocast_context, autocast_dtype, needs_grad_scaler
 from .._images import check_images, load_resized, make_loader
 from .._skorch import forked_rng
@@ -351,6 +352,11 @@ class SelfSupervisedPretrainer(PretrainerBuildMixin, TransformerMixin, BaseEstim
         workers = self.num_workers
         if workers == "auto":
             workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
+        # decoded images that all fit the decode cache's memory: workers decode epoch 0
+        # (writing the cache's files), the main process serves the next epochs from memory
+        cache = _decode_cache.DECODED
+        cached = (images.kind == "paths" and cache.folder() is not None
+                  and cache.fits_in_memory(n, size))
         epoch = start
         try:
             for epoch in range(start, self.max_epochs):
@@ -358,7 +364,8 @@ class SelfSupervisedPretrainer(PretrainerBuildMixin, TransformerMixin, BaseEstim
                 with forked_rng(seed + 7919 * (epoch + 1)):
                     loader = torch.utils.data.DataLoader(
                         data, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, pin_memory=device.type == "cuda",
+                        num_workers=workers if epoch == 0 or not cached else 0,
+                        pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(seed + epoch))
                     loss, n_steps = self._train_epoch(loader, epoch, state)
                 dur = time.perf_counter() - t0
