@@ -95,3 +95,28 @@ def describe(device, extraction=True):
     return (f"{name}; AMP and channels-last are off on the CPU (the package's autocast "
             "is CUDA-only), so the 'AMP + channels-last' rows are not run"
             if extraction else name)
+
+
+def memory_rows(script, args, what):
+    """The memory rows of a step benchmark: ``script --memory-child N`` run in a fresh
+    process for ``args.n_small`` and ``args.n_large`` image files, each printing one JSON
+    line (peak RSS, the peak before fit, CUDA peaks), compared with the decoded size."""
+    import json
+    import subprocess
+    import sys
+
+    print(f"memory    {what} as paths of {args.file_size}px PNGs, image_size {args.size}, "
+          f"batch 16, 1 epoch + predict_proba, device {args.device}")
+    for n in (args.n_small, args.n_large):
+        out = subprocess.run(
+            [sys.executable, script, "--memory-child", str(n), "--size", str(args.size),
+             "--file-size", str(args.file_size), "--device", args.device],
+            capture_output=True, text=True, check=True)
+        rec = json.loads(out.stdout.strip().splitlines()[-1])
+        peak, before = rec["peak_rss_mb"], rec["before_fit_mb"]
+        decoded = n * args.file_size ** 2 * 3 * 4 / 2**20
+        line = (f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the "
+                f"peak before fit (all images decoded as float: {decoded:7.1f} MB)")
+        if "cuda_peak_mb" in rec:
+            line += f"; torch.cuda.max_memory_allocated {rec['cuda_peak_mb']:.1f} MiB"
+        print(line)

@@ -23,14 +23,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
-from _device import add_device_argument, check_device, describe, peak_cuda_memory, sync
+from _device import add_device_argument, check_device, describe, memory_rows, peak_cuda_memory, sync
 
 
 def make_data(n, size, seed=0):
@@ -144,24 +142,6 @@ def _memory_child(n, size, file_size, device):
     print(json.dumps({"peak_rss_mb": peak, "before_fit_mb": before, **cuda}))
 
 
-def memory(args):
-    print(f"memory    X as paths of {args.file_size}px PNGs, image_size {args.size}, "
-          f"batch 16, 1 epoch + predict_proba, device {args.device}")
-    for n in (args.n_small, args.n_large):
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", str(n), "--size", str(args.size),
-             "--file-size", str(args.file_size), "--device", args.device],
-            capture_output=True, text=True, check=True)
-        rec = json.loads(out.stdout.strip().splitlines()[-1])
-        peak, before = rec["peak_rss_mb"], rec["before_fit_mb"]
-        decoded = n * args.file_size ** 2 * 3 * 4 / 2**20
-        line = (f"  {n:5d} files: peak RSS {peak:7.1f} MB, {peak - before:6.1f} MB above the "
-                f"peak before fit (all images decoded as float: {decoded:7.1f} MB)")
-        if "cuda_peak_mb" in rec:
-            line += f"; torch.cuda.max_memory_allocated {rec['cuda_peak_mb']:.1f} MiB"
-        print(line)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--encoder", default="resnet18")
@@ -185,7 +165,7 @@ def main():
         return
     overhead(args)
     if not args.skip_memory:
-        memory(args)
+        memory_rows(__file__, args, "X")
 
 
 if __name__ == "__main__":
