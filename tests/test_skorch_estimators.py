@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn_endo import LayerFeatureTransformer, UBCClassifier
 from sklearn_endo.finetune import FineTuneClassifier
 from sklearn_endo.probes import LinearProbeClassifier
+from sklearn_endo.segmentation import Segmenter
 from sklearn_endo.ssl import SelfSupervisedPretrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,6 +173,8 @@ def test_every_estimator_predicts_alike_in_a_fresh_process(data, tmp_path):
                                              head_heads=2, verbose=0, **FT),
         "ubc": UBCClassifier("resnet18", verbose=0, **UBC),
         "ssl": SelfSupervisedPretrainer("resnet18", verbose=0, **SSL),
+        "segmenter": Segmenter("resnet18", pretrained=False, image_size=32, encoder_depth=3,
+                               max_epochs=1, batch_size=4, random_state=0, verbose=0),
         "probe_pipeline": make_pipeline(
             LayerFeatureTransformer("resnet18", layer=3, pretrained=False, img_size=32,
                                     verbose=False, feature_store=str(store)),
@@ -181,6 +184,8 @@ def test_every_estimator_predicts_alike_in_a_fresh_process(data, tmp_path):
     for name, est in cases.items():
         if name.startswith("ssl"):
             before[name] = est.fit(X).transform(X)
+        elif name == "segmenter":  # masks as y: the lesion is the brighter half
+            before[name] = est.fit(X, (X.mean(-1) > 127).astype(np.uint8)).predict_proba(X)
         else:
             before[name] = est.fit(X, y).predict_proba(X)
         joblib.dump(est, tmp_path / f"{name}.joblib")
