@@ -65,8 +65,11 @@ class WorkersForTheFirstEpoch:
         self.passes += 1
 
 
-def _served_from_memory(ds, training):
-    """Whether the images of ``ds`` (paths) fit the decode cache's memory tier."""
+def served_from_memory(ds, training):
+    """Whether the decoded images of a training dataset ``ds`` (with ``images``, paths,
+    and ``size``) all fit the decode cache's memory tier: then workers decode the first
+    epoch only, and the main process serves the next ones (skorch estimators and
+    ``SelfSupervisedPretrainer``)."""
     from ._decode_cache import DECODED
 
     images, size = getattr(ds, "images", None), getattr(ds, "size", None)
@@ -103,7 +106,7 @@ def skorch_image_iterator(net, dataset, training):
             kwargs.setdefault(key, value)
     iterator = net.iterator_train if training else net.iterator_valid
     loader = iterator(dataset, **kwargs)
-    if getattr(loader, "num_workers", 0) and _served_from_memory(unwrap_dataset(dataset),
+    if getattr(loader, "num_workers", 0) and served_from_memory(unwrap_dataset(dataset),
                                                                  training):
         serial = {k: v for k, v in kwargs.items()
                   if k not in ("num_workers", "prefetch_factor", "persistent_workers")}

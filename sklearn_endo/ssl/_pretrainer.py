@@ -11,9 +11,9 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from .. import _decode_cache
 from .._device import autocast_context, autocast_dtype, needs_grad_scaler
 from .._images import check_images, load_resized, make_loader
+from .._iterators import served_from_memory
 from .._skorch import forked_rng
 from ._augment import MultiCrop, make_local_views, make_views
 from ._build import METHODS, PretrainerBuildMixin
@@ -354,9 +354,7 @@ class SelfSupervisedPretrainer(PretrainerBuildMixin, TransformerMixin, BaseEstim
             workers = min(4, os.cpu_count() or 1) if images.kind == "paths" else 0
         # decoded images that all fit the decode cache's memory: workers decode epoch 0
         # (writing the cache's files), the main process serves the next epochs from memory
-        cache = _decode_cache.DECODED
-        cached = (images.kind == "paths" and cache.folder() is not None
-                  and cache.fits_in_memory(n, size))
+        cached = served_from_memory(data, True)
         epoch = start
         try:
             for epoch in range(start, self.max_epochs):
